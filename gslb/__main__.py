@@ -1,0 +1,5 @@
+import sys
+
+from gslb.cli import main
+
+sys.exit(main())

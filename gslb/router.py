@@ -1,0 +1,195 @@
+"""The router: request facts plus a state snapshot in, a ``Decision`` out.
+
+Pure: it never touches a socket, a file or a clock. Everything that depends only on the config
+(placement masks, the scoring kernel's static arrays, per-location round trips) is computed at
+config load or cached per distinct input, so a decision costs a few lookups and one kernel call.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from types import ModuleType
+
+from gslb import scoring
+from gslb.config import Config
+from gslb.geo import Location
+from gslb.latency import LatencyModel
+from gslb.policy import Placement, RequestFacts
+from gslb.state import Snapshot
+
+NET_CACHE_SIZE = 16384
+MASK_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One region as the router saw it, for explanations (``gslb route``, ``/explain``)."""
+
+    region: str
+    role: str
+    allowed: bool
+    routable: bool
+    net_ms: float
+    wait_ms: float
+    util: float
+    why_not: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request goes and why.
+
+    ``region`` is ``None`` when no region may take it (reason ``no-region``). ``fallbacks`` are
+    the retry candidates in order. ``order`` holds the same as region indexes (chosen first).
+    ``candidates`` is filled only when the caller asked for an explanation.
+    ``residency_rules`` names the rules that matched the client, for denial metrics.
+    """
+
+    region: str | None
+    reason: str
+    fallbacks: tuple[str, ...]
+    candidates: tuple[Candidate, ...] = ()
+    order: tuple[int, ...] = ()
+    residency_rules: tuple[str, ...] = ()
+
+
+class Router:
+    def __init__(self, cfg: Config, backend: ModuleType | None = None) -> None:
+        """``backend`` picks a scoring module (tests and benchmarks compare both)."""
+        kernels = backend or scoring
+        self.cfg = cfg
+        regions = cfg.regions
+        self.names: tuple[str, ...] = tuple(r.name for r in regions)
+        self.placement = Placement(cfg)
+        self.latency = LatencyModel(
+            cfg.routing.latency_model,
+            self.names,
+            [r.location for r in regions],
+            cfg.routing.measured_rtt_ms,
+        )
+        self.kernel = kernels.Kernel(
+            [r.active for r in regions],
+            [float(r.capacity) for r in regions],
+            [r.service_ms for r in regions],
+            cfg.routing.spill_utilization,
+            cfg.routing.spill_penalty_ms,
+        )
+        self._deny_unknown = cfg.routing.unknown_location == "deny"
+        self._edge = cfg.geoip.edge_location
+        self._net_cache: dict[Location | None, array[float]] = {}
+        self._mask_cache: dict[int, bytes] = {}
+        self._reasons: tuple[str, ...] = kernels.REASONS
+        # Per-region service time, modeled; the shell may correct it from observed latency.
+        self.service_ms = [r.service_ms for r in regions]
+
+    def new_snapshot(self) -> Snapshot:
+        return Snapshot(self.names)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def net_ms(self, location: Location | None) -> array[float]:
+        """Modeled RTT to every region from a client location (cached per location)."""
+        net = self._net_cache.get(location)
+        if net is None:
+            if location is not None and location.lat is not None and location.lon is not None:
+                point = (location.lat, location.lon)
+            else:
+                point = self._edge
+            country = location.country if location is not None else None
+            net = array("d", self.latency.rtt_ms(point, country))
+            if len(self._net_cache) >= NET_CACHE_SIZE:
+                self._net_cache.clear()  # rare; a full rebuild is cheaper than LRU bookkeeping
+            self._net_cache[location] = net
+        return net
+
+    def _mask_bytes(self, mask: int) -> bytes:
+        b = self._mask_cache.get(mask)
+        if b is None:
+            b = bytes((mask >> i) & 1 for i in range(len(self.names)))
+            if len(self._mask_cache) >= MASK_CACHE_SIZE:
+                self._mask_cache.clear()
+            self._mask_cache[mask] = b
+        return b
+
+    def set_service_ms(self, index: int, value: float) -> None:
+        self.service_ms[index] = value
+        self.kernel.set_service_ms(index, value)
+
+    # -- the decision ---------------------------------------------------------------------------
+
+    def decide(self, facts: RequestFacts, snapshot: Snapshot, explain: bool = False) -> Decision:
+        placement = self.placement
+        mask, rules = placement.residency(facts.country)
+        if facts.certifications or placement.base_certs:
+            mask &= placement.certifications(facts.certifications)
+        if facts.model is not None:
+            mask &= placement.model(facts.model)
+        if facts.residency is not None:
+            mask &= placement.jurisdictions(facts.residency)
+        if self._deny_unknown and facts.location is None:
+            mask = 0
+        allowed = self._mask_bytes(mask)
+        net = self.net_ms(facts.location)
+        code, order = self.kernel.decide(
+            allowed, snapshot.routable, net, snapshot.load, facts.budget_ms
+        )
+        names = self.names
+        if order:
+            region: str | None = names[order[0]]
+            fallbacks = tuple([names[i] for i in order[1:]])
+        else:
+            region, fallbacks = None, ()
+        candidates = self._explain(facts, snapshot, mask, net, order) if explain else ()
+        return Decision(region, self._reasons[code], fallbacks, candidates, order, rules)
+
+    # -- explanations (operator path) -------------------------------------------------------
+
+    def _explain(
+        self,
+        facts: RequestFacts,
+        snapshot: Snapshot,
+        mask: int,
+        net: array[float],
+        order: tuple[int, ...],
+    ) -> tuple[Candidate, ...]:
+        cfg = self.cfg
+        spill_util = cfg.routing.spill_utilization
+        out = []
+        for i, region in enumerate(cfg.regions):
+            load = snapshot.load[i]
+            util = load / region.capacity
+            wait = scoring.wait_ms(load, float(region.capacity), self.service_ms[i])
+            allowed = bool(mask >> i & 1)
+            routable = bool(snapshot.routable[i])
+            why: str | None
+            if not allowed:
+                if self._deny_unknown and facts.location is None:
+                    why = "client location unknown (routing.unknown_location = deny)"
+                else:
+                    why = self.placement.why_not(i, facts) or "not allowed"
+            elif not routable:
+                why = "not routable (no healthy endpoint)"
+            elif order and order[0] == i:
+                why = None
+            elif not region.active and order and cfg.regions[order[0]].active:
+                why = "standby region; an active region is routable"
+            elif util >= spill_util:
+                why = f"utilization {util:.2f} >= spill_utilization {spill_util:.2f}"
+            elif net[i] + wait > facts.budget_ms:
+                why = f"net+wait {net[i] + wait:.1f} ms exceeds budget {facts.budget_ms:.0f} ms"
+            else:
+                why = "not the best: farther or slower than the chosen region"
+            out.append(
+                Candidate(
+                    region=region.name,
+                    role=region.role,
+                    allowed=allowed,
+                    routable=routable,
+                    net_ms=round(net[i], 3),
+                    wait_ms=round(wait, 3),
+                    util=round(util, 4),
+                    why_not=why,
+                )
+            )
+        return tuple(out)
