@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gslb import scoring  # noqa: E402
-from gslb.config import Config, parse_toml  # noqa: E402
-from gslb.geo import Location  # noqa: E402
-from gslb.policy import RequestFacts  # noqa: E402
-from gslb.router import Router  # noqa: E402
-from gslb.state import Snapshot  # noqa: E402
+from gslb import scoring
+from gslb.config import Config, parse_toml
+from gslb.geo import Location
+from gslb.policy import RequestFacts
+from gslb.router import Router
+from gslb.state import Snapshot
 
 JURISDICTIONS = ["US", "US", "US", "CA", "DE", "IE", "FR", "JP", "SG", "BR", "AU", "GB"]
 
@@ -41,7 +41,8 @@ def synthetic_fleet(n: int, seed: int = 7) -> Config:
         jur = JURISDICTIONS[i % len(JURISDICTIONS)]
         role = "standby" if i % 9 == 8 else "active"
         parts.append(
-            f'[[regions]]\nname = "r{i}"\nlocation = [{lat:.3f}, {lon:.3f}]\nprovider = "p{i % 4}"\n'
+            f'[[regions]]\nname = "r{i}"\nlocation = [{lat:.3f}, {lon:.3f}]\n'
+            f'provider = "p{i % 4}"\n'
             f'jurisdiction = "{jur}"\nrole = "{role}"\ncapacity = {rnd.randint(16, 256)}\n'
             f'service_ms = {rnd.randint(300, 1500)}\ncertifications = ["soc2"]\n'
             f'  [[regions.endpoints]]\n  url = "http://10.{i // 250}.{i % 250}.1:8000"\n'
@@ -107,7 +108,9 @@ def measure(n: int, calls: int = 20000, repeats: int = 7) -> dict[str, float | i
     for name in ("cython", "python"):
         results[f"{name}_us"] = round(min(timings[name]), 3) if name in timings else None
     cy, py = results.get("cython_us"), results.get("python_us")
-    results["speedup"] = round(py / cy, 1) if isinstance(cy, float) and isinstance(py, float) else None
+    results["speedup"] = (
+        round(py / cy, 1) if isinstance(cy, float) and isinstance(py, float) else None
+    )
     return results
 
 
@@ -122,11 +125,15 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
         return 0
-    print(f"backend in use: {scoring.BACKEND}; python {platform.python_version()}; "
-          f"{platform.machine()} {platform.processor() or ''}".rstrip())
+    print(
+        f"backend in use: {scoring.BACKEND}; python {platform.python_version()}; "
+        f"{platform.machine()} {platform.processor() or ''}".rstrip()
+    )
     print(f"{'regions':>8} {'cython_us':>10} {'python_us':>10} {'speedup':>8}")
     for r in rows:
-        print(f"{r['regions']:>8} {r['cython_us']!s:>10} {r['python_us']!s:>10} {r['speedup']!s:>8}")
+        print(
+            f"{r['regions']:>8} {r['cython_us']!s:>10} {r['python_us']!s:>10} {r['speedup']!s:>8}"
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -264,6 +264,10 @@ def _type_name(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
+def _any(v: Any, path: str) -> Any:
+    return v
+
+
 def _str(v: Any, path: str) -> str:
     if not isinstance(v, str):
         raise ConfigError(path, f"expected a string, got {_type_name(v)}")
@@ -298,8 +302,9 @@ def _num(v: Any, path: str) -> float:
     return f
 
 
-def _ranged(conv: Callable[[Any, str], T], lo: float | None, hi: float | None = None,
-            lo_open: bool = False) -> Callable[[Any, str], T]:
+def _ranged(
+    conv: Callable[[Any, str], T], lo: float | None, hi: float | None = None, lo_open: bool = False
+) -> Callable[[Any, str], T]:
     def check(v: Any, path: str) -> T:
         x = conv(v, path)
         n = float(x)  # type: ignore[arg-type]
@@ -473,7 +478,9 @@ def _routing(t: _Table) -> RoutingConfig:
         max_attempts=t.get("max_attempts", _ranged(_int, 1, 10), d.max_attempts),
         latency_model=t.get("latency_model", _choice(LATENCY_MODELS), d.latency_model),
         unknown_location=t.get("unknown_location", _choice(UNKNOWN_LOCATION), d.unknown_location),
-        require_certifications=t.get("require_certifications", _list(_name), ()),
+        require_certifications=t.get(
+            "require_certifications", _list(_name), d.require_certifications
+        ),
         measured_rtt_ms=t.get("measured_rtt_ms", _measured, {}),
     )
     if not cfg.min_latency_budget_ms <= cfg.latency_budget_ms <= cfg.max_latency_budget_ms:
@@ -500,8 +507,7 @@ def _measured(v: Any, path: str) -> Mapping[str, Mapping[str, float]]:
     return out
 
 
-_HEALTH_KEYS = {f.name for f in fields(HealthConfig)}
-_LOAD_KEYS = {f.name for f in fields(LoadConfig)}
+_NO_NAMES: tuple[str, ...] = ()
 
 
 def _health(t: _Table, base: HealthConfig) -> HealthConfig:
@@ -576,7 +582,7 @@ def _tls(t: _Table) -> UpstreamTLSConfig:
 
 def _region(t: _Table, health: HealthConfig, load: LoadConfig) -> RegionConfig:
     name = t.require("name", _name)
-    endpoints_raw = t.require("endpoints", _list(lambda v, p: v))
+    endpoints_raw = t.require("endpoints", _list(_any))
     if not endpoints_raw:
         raise ConfigError(t.key_path("endpoints"), "a region needs at least one endpoint")
     endpoints = tuple(
@@ -594,11 +600,11 @@ def _region(t: _Table, health: HealthConfig, load: LoadConfig) -> RegionConfig:
         provider=t.require("provider", _name),
         tier=t.get("tier", _choice(TIERS), "hyperscaler"),
         jurisdiction=t.require("jurisdiction", _country),
-        certifications=frozenset(t.get("certifications", _list(_name), ())),
+        certifications=frozenset(t.get("certifications", _list(_name), _NO_NAMES)),
         role=t.get("role", _choice(ROLES), "active"),
         capacity=t.require("capacity", _ranged(_int, 1)),
         service_ms=t.get("service_ms", _ranged(_num, 0, lo_open=True), 800.0),
-        models=frozenset(t.get("models", _list(_str), ())),
+        models=frozenset(t.get("models", _list(_str), _NO_NAMES)),
         endpoints=endpoints,
         health=_health(_Table(t.raw("health") or {}, t.key_path("health")), health),
         load=_load(_Table(t.raw("load") or {}, t.key_path("load")), load),
@@ -649,19 +655,21 @@ def _proxy(t: _Table) -> ProxyConfig:
 
 
 def _admin(t: _Table) -> AdminConfig:
+    d = AdminConfig()
     cfg = AdminConfig(
-        token_env=t.get("token_env", _str, AdminConfig.token_env),
-        token_file=t.get("token_file", _str, AdminConfig.token_file),
+        token_env=t.get("token_env", _str, d.token_env),
+        token_file=t.get("token_file", _str, d.token_file),
     )
     t.done()
     return cfg
 
 
 def _log(t: _Table) -> LogConfig:
+    d = LogConfig()
     cfg = LogConfig(
-        access=t.get("access", _str, LogConfig.access),
-        client_ip=t.get("client_ip", _choice(CLIENT_IP_LOGGING), LogConfig.client_ip),
-        level=t.get("level", _choice(("debug", "info", "warning", "error")), LogConfig.level),
+        access=t.get("access", _str, d.access),
+        client_ip=t.get("client_ip", _choice(CLIENT_IP_LOGGING), d.client_ip),
+        level=t.get("level", _choice(("debug", "info", "warning", "error")), d.level),
     )
     t.done()
     return cfg
@@ -675,15 +683,15 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> Config:
     top = _Table(dict(data), "")
     health = _health(_Table(top.raw("health") or {}, "health"), HealthConfig())
     load = _load(_Table(top.raw("load") or {}, "load"), LoadConfig())
-    regions_raw = top.require("regions", _list(lambda v, p: v))
+    regions_raw = top.require("regions", _list(_any))
     if not regions_raw:
         raise ConfigError("regions", "at least one region is required")
     regions = tuple(
         _region(_Table(r, f"regions[{i}]"), health, load) for i, r in enumerate(regions_raw)
     )
     _check_unique(regions)
-    residency_raw = top.get("residency", _list(lambda v, p: v), ())
-    rules = tuple(_residency(_Table(r, f"residency[{i}]")) for i, r in enumerate(residency_raw))
+    residency_raw: tuple[Any, ...] = top.get("residency", _list(_any), ())
+    rules = tuple(_residency(_Table(raw, f"residency[{i}]")) for i, raw in enumerate(residency_raw))
     names: set[str] = set()
     for i, rule in enumerate(rules):
         if rule.name in names:
@@ -694,9 +702,7 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> Config:
     for country, per_region in routing.measured_rtt_ms.items():
         for region in per_region:
             if region not in region_names:
-                raise ConfigError(
-                    f"routing.measured_rtt_ms.{country}.{region}", "no such region"
-                )
+                raise ConfigError(f"routing.measured_rtt_ms.{country}.{region}", "no such region")
     cfg = Config(
         server=_server(_Table(top.raw("server") or {}, "server")),
         geoip=_geoip(_Table(top.raw("geoip") or {}, "geoip")),

@@ -11,7 +11,35 @@ import pycountry
 
 # EU member states (27, since the UK left on 2020-01-31). ISO codes; Greece is "GR", not "EL".
 EU: frozenset[str] = frozenset(
-    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE".split()
+    (
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+    )
 )
 # The EEA is the EU plus Iceland, Liechtenstein and Norway (not Switzerland).
 EEA: frozenset[str] = EU | frozenset({"IS", "LI", "NO"})

@@ -64,7 +64,9 @@ class Placement:
         self.base_certs = frozenset(c.lower() for c in cfg.routing.require_certifications)
         self._region_certs = [frozenset(c.lower() for c in r.certifications) for r in self.regions]
         self._rule_masks = [
-            _bits(i for i, r in enumerate(self.regions) if r.jurisdiction in rule.allow_jurisdictions)
+            _bits(
+                i for i, r in enumerate(self.regions) if r.jurisdiction in rule.allow_jurisdictions
+            )
             for rule in self.rules
         ]
         self._by_country: dict[str, tuple[int, tuple[str, ...]]] = {}
@@ -141,7 +143,8 @@ class Placement:
                 if facts.country in rule.countries
                 and region.jurisdiction not in rule.allow_jurisdictions
             ]
-            return f"residency rule {', '.join(blocking) or ', '.join(rules)} forbids {region.jurisdiction}"
+            names = ", ".join(blocking) or ", ".join(rules)
+            return f"residency rule {names} forbids {region.jurisdiction}"
         if not self.certifications(facts.certifications) & bit:
             missing = sorted((self.base_certs | facts.certifications) - self._region_certs[index])
             return f"lacks certification {', '.join(missing)}"
@@ -206,7 +209,10 @@ def facts_from_headers(
     return RequestFacts(
         location=location,
         budget_ms=parse_budget(
-            get(BUDGET_HEADER), r.latency_budget_ms, r.min_latency_budget_ms, r.max_latency_budget_ms
+            get(BUDGET_HEADER),
+            r.latency_budget_ms,
+            r.min_latency_budget_ms,
+            r.max_latency_budget_ms,
         ),
         certifications=parse_certifications(get(CERTS_HEADER)),
         residency=parse_residency(get(RESIDENCY_HEADER)),

@@ -23,28 +23,33 @@ def fleet_toml(
     regions: list[tuple] | None = None,  # type: ignore[type-arg]
     region_extra: dict[str, str] | None = None,
 ) -> str:
-    """A TOML config for ``regions`` (default ``REGIONS``); ``urls`` maps region -> endpoint URLs."""
+    """A TOML config for ``regions`` (default ``REGIONS``); ``urls``: region -> endpoint URLs."""
     parts = [extra]
     for i, (name, (lat, lon), provider, tier, jur, role, cap, certs) in enumerate(
         regions or REGIONS
     ):
         eps = (urls or {}).get(name) or [f"http://10.0.{i}.1:8000"]
         cert_list = ", ".join(f'"{c}"' for c in certs)
-        parts.append(
-            f"""
-[[regions]]
-name = "{name}"
-location = [{lat}, {lon}]
-provider = "{provider}"
-tier = "{tier}"
-jurisdiction = "{jur}"
-role = "{role}"
-capacity = {cap}
-service_ms = 1000
-certifications = [{cert_list}]
-{(region_extra or {}).get(name, "")}
-"""
-        )
+        keys = {
+            "name": f'"{name}"',
+            "location": f"[{lat}, {lon}]",
+            "provider": f'"{provider}"',
+            "tier": f'"{tier}"',
+            "jurisdiction": f'"{jur}"',
+            "role": f'"{role}"',
+            "capacity": str(cap),
+            "service_ms": "1000",
+            "certifications": f"[{cert_list}]",
+        }
+        # Lines in region_extra override the defaults above (and may add keys or tables).
+        plain, tables = [], []
+        for line in (region_extra or {}).get(name, "").splitlines():
+            (tables if tables or line.strip().startswith("[") else plain).append(line)
+        for line in plain:
+            if "=" in line:
+                keys[line.split("=", 1)[0].strip()] = line.split("=", 1)[1].strip()
+        body = "\n".join(f"{k} = {v}" for k, v in keys.items())
+        parts.append(f"\n[[regions]]\n{body}\n" + "\n".join(tables) + "\n")
         for j, url in enumerate(eps):
             parts.append(
                 f"""
