@@ -94,6 +94,24 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gslb.geoip import GeoIP, GeoIPError
+    from gslb.server import main_serve
+
+    cfg = _load(args.config)
+    try:  # fail fast, before forking workers, on a broken GeoIP database
+        GeoIP(cfg.geoip.database, cache_size=0).close()
+    except GeoIPError as exc:
+        raise UsageError(str(exc)) from None
+    return main_serve(cfg, args.workers, args.config)
+
+
+def cmd_fake_region(args: argparse.Namespace) -> int:
+    from gslb.fakeregion import main_from_args
+
+    return main_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gslb", description="Geo-aware global load balancer")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -113,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--state", default=None, help="JSON file of per-region load and health")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_route)
+
+    sv = sub.add_parser("serve", help="run the proxy")
+    sv.add_argument("--config", required=True)
+    sv.add_argument("--workers", type=int, default=None, help="processes (default: config)")
+    sv.set_defaults(func=cmd_serve)
+
+    from gslb.fakeregion import add_arguments
+
+    fr = sub.add_parser("fake-region", help="a simulated OpenAI-compatible inference server")
+    add_arguments(fr)
+    fr.set_defaults(func=cmd_fake_region)
     return p
 
 

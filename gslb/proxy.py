@@ -1,0 +1,557 @@
+"""The data plane: an aiohttp handler that routes every request through the core and streams.
+
+Per request (DESIGN.md section 2): client IP (trusted-proxy walk) -> GeoIP -> request facts ->
+``Router.decide`` -> endpoint pick -> forward and stream -> retry before commit -> account.
+
+The proxy never decides where traffic goes: it asks the router, and walks the decision's
+candidates in order (never anything else, so residency holds on every retry).
+
+Commit window: the response is committed to the client (status and headers sent) only when the
+upstream's first body chunk arrives, or its body ends, within ``ttft_timeout_s``. Before that,
+a connect error, a time-out, a 502/503/504 or a stall is retried on the next candidate. After
+it, ``idle_timeout_s`` bounds every silence, and an upstream abort cuts the client connection
+without a terminating chunk, so the client can tell a truncated stream from a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gslb.clientip import client_ip, truncate_ip
+from gslb.fleet import EndpointState, Outcome
+from gslb.geo import Location
+from gslb.geoip import GeoIP
+from gslb.headers import downstream_headers, upstream_headers, valid_request_id
+from gslb.observe import NullObserver, Observer, RequestRecord
+from gslb.policy import BadControlHeader, facts_from_headers
+from gslb.runtime import Runtime
+
+log = logging.getLogger("gslb.proxy")
+
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+NO_BODY_STATUS = frozenset({204, 304})
+READ_CHUNK = 65536
+
+
+class GslbError(Exception):
+    """An error gslb answers itself, as JSON."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    err: GslbError, request_id: str, extra: dict[str, str] | None = None
+) -> web.Response:
+    body = orjson.dumps({"error": err.code, "message": err.message, "request_id": request_id})
+    headers = {"X-Request-Id": request_id, **err.headers, **(extra or {})}
+    return web.Response(
+        status=err.status, body=body, content_type="application/json", headers=headers
+    )
+
+
+@dataclass(slots=True)
+class Body:
+    """A request body: fully buffered (replayable) or a prefix plus the rest of the stream."""
+
+    data: bytes
+    stream: aiohttp.StreamReader | None = None
+    length: int | None = None  # Content-Length when the client sent one
+    overflow: bool = False  # the streamed body went over max_body_bytes
+
+    @property
+    def replayable(self) -> bool:
+        return self.stream is None
+
+
+class _UpstreamFailed(Exception):
+    """One attempt failed before commit; ``outcome`` says how, ``retry_reason`` for metrics."""
+
+    def __init__(self, outcome: Outcome, reason: str, status: int = 502) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """State of the request as it goes; folded into the ``RequestRecord`` at the end."""
+
+    request_id: str
+    started: float
+    region: str | None = None
+    route: str = ""
+    attempts: int = 0
+    ttfb_s: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    status: int = 0
+    error: str | None = None
+    country: str | None = None
+    client: str | None = None
+    spilled_from: str | None = None
+    retries: tuple[str, ...] = ()
+    response: web.StreamResponse | None = None
+
+
+class Proxy:
+    """The public listener's request handler, for one worker process."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        geoip: GeoIP,
+        session: aiohttp.ClientSession,
+        *,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_outcome: Callable[[EndpointState, Outcome, float], None] | None = None,
+        on_ttfb: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.geoip = geoip
+        self.session = session
+        self.observer: Observer = observer or NullObserver()
+        self.clock = clock
+        self.on_outcome = on_outcome
+        self.on_ttfb = on_ttfb
+        self._rid_prefix = secrets.token_hex(4)
+        self._rid_counter = 0
+
+    # -- entry point ----------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rt = self.runtime  # this request keeps this config to the end, even across a reload
+        incoming = request.headers.get("X-Request-Id")
+        rid = incoming if valid_request_id(incoming) else self._new_request_id()
+        assert rid is not None
+        st = _Attempt(request_id=rid, started=self.clock())
+        try:
+            return await self._handle(request, rt, st)
+        except GslbError as err:
+            st.status, st.error = err.status, err.code
+            return error_response(err, rid)
+        except asyncio.CancelledError:
+            st.status, st.error = 499, "client_closed"
+            raise
+        except Exception:  # never a traceback to a client
+            log.exception("internal error on request %s", rid)
+            st.status, st.error = 500, "internal_error"
+            return error_response(GslbError(500, "internal_error", "internal error"), rid)
+        finally:
+            self._record(request, st)
+
+    def _new_request_id(self) -> str:
+        self._rid_counter += 1
+        return f"{self._rid_prefix}-{self._rid_counter:x}"
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request, rt: Runtime, st: _Attempt) -> web.StreamResponse:
+        cfg = rt.cfg
+        _refuse_proxy_forms(request)
+        peer = request.remote
+        ip = client_ip(
+            peer,
+            request.headers.getall("X-Forwarded-For", ()),
+            request.headers.getall("Forwarded", ()),
+            rt.trusted,
+        )
+        location = self.geoip.lookup(ip)
+        st.country = location.country if location else None
+        st.client = _client_label(ip, cfg.log.client_ip)
+        body = await self._read_body(
+            request, cfg.proxy.replay_buffer_bytes, cfg.proxy.max_body_bytes
+        )
+        st.bytes_in = len(body.data)
+        model = _model_of(body, request) if rt.parse_model else None
+        try:
+            facts = facts_from_headers(request.headers.get, location, cfg, model)
+        except BadControlHeader as exc:
+            raise GslbError(400, "bad_request", str(exc)) from None
+        t0 = time.perf_counter()
+        decision = rt.router.decide(facts, rt.fleet.snapshot)
+        self.observer.decision_made(time.perf_counter() - t0)
+        st.route = decision.reason
+        if decision.region is None:
+            rules = rt.router.placement.residency(facts.country)[1]
+            if rules:
+                self.observer.residency_denied(rules)
+            raise GslbError(
+                503,
+                "no_eligible_region",
+                _no_region_message(location),
+                {"Retry-After": "5"},
+            )
+        if decision.reason == "spill":
+            st.spilled_from = _home_of(rt, facts, decision.order)
+        if _is_websocket(request):
+            return await self._websocket(request, rt, decision.order, st)
+        return await self._forward(request, rt, decision.order, body, st, peer)
+
+    async def _read_body(self, request: web.Request, replay: int, limit: int) -> Body:
+        length = request.content_length
+        if length is not None and length > limit:
+            raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+        if not request.body_exists:
+            return Body(b"", length=length)
+        buf = bytearray()
+        content = request.content
+        while len(buf) <= replay:
+            chunk = await content.readany()
+            if not chunk:
+                return Body(bytes(buf), length=length)
+            buf += chunk
+            if len(buf) > limit:
+                raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+        # Too big to keep for a retry: stream the rest straight through.
+        return Body(bytes(buf), stream=content, length=length)
+
+    # -- forwarding with retries -------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        order: tuple[int, ...],
+        body: Body,
+        st: _Attempt,
+        peer: str | None,
+    ) -> web.StreamResponse:
+        cfg = rt.cfg
+        max_attempts = cfg.routing.max_attempts
+        last: _UpstreamFailed | None = None
+        tried: EndpointState | None = None
+        for region_index in order:
+            if st.attempts >= max_attempts:
+                break
+            if st.attempts and not body.replayable:
+                break  # part of the body went upstream already: cannot replay it
+            ep = rt.fleet.pick(region_index, self.clock(), exclude=tried)
+            if ep is None:
+                continue
+            tried = ep
+            st.attempts += 1
+            st.region = rt.fleet.regions[region_index].name
+            try:
+                return await self._attempt(request, rt, ep, body, st, peer)
+            except _UpstreamFailed as failed:
+                last = failed
+                self._report(ep, failed.outcome)
+                st.retries = (*st.retries, failed.reason)
+                log.info(
+                    "request %s: attempt %d on %s failed before commit: %s",
+                    st.request_id,
+                    st.attempts,
+                    st.region,
+                    failed.reason,
+                )
+        if last is None:
+            raise GslbError(
+                503,
+                "no_eligible_region",
+                "no healthy endpoint in the allowed regions",
+                {"Retry-After": "5"},
+            )
+        if last.outcome is Outcome.TIMEOUT:
+            raise GslbError(504, "upstream_timeout", "the upstream did not answer in time")
+        raise GslbError(502, "upstream_unavailable", f"the upstream failed: {last.reason}")
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        ep: EndpointState,
+        body: Body,
+        st: _Attempt,
+        peer: str | None,
+    ) -> web.StreamResponse:
+        cfg = rt.cfg.proxy
+        fleet = rt.fleet
+        headers = upstream_headers(
+            request.headers,
+            peer=peer,
+            peer_trusted=_peer_trusted(rt, peer),
+            proto=request.scheme,
+            host=request.host,
+            request_id=st.request_id,
+            via=cfg.via,
+            content_length=len(body.data) if body.replayable and body.data else body.length,
+        )
+        url = ep.url + request.raw_path
+        data: bytes | AsyncIterator[bytes] | None
+        if body.replayable:
+            data = body.data if body.data else None
+        else:
+            data = self._stream_body(body, rt.cfg.proxy.max_body_bytes, st)
+        sent_at = self.clock()
+        deadline = asyncio.get_running_loop().time() + cfg.ttft_timeout_s
+        fleet.acquire(ep)
+        outcome = Outcome.CANCELLED
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    upstream = await self.session.request(
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, sock_connect=cfg.connect_timeout_s
+                        ),
+                    )
+            except TimeoutError:
+                raise _UpstreamFailed(Outcome.TIMEOUT, "timeout") from None
+            except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError):
+                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
+            except aiohttp.ClientError as exc:
+                if body.overflow:  # our own limit stopped the upload, not the upstream
+                    raise GslbError(
+                        413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes"
+                    ) from None
+                raise _UpstreamFailed(Outcome.CONNECT_ERROR, _short(exc)) from None
+            try:
+                outcome = await self._relay(request, rt, ep, upstream, deadline, sent_at, st)
+            finally:
+                upstream.release()
+            assert st.response is not None
+            return st.response
+        finally:  # a failure before commit is reported by the retry loop instead
+            fleet.release(ep)
+            if outcome is not Outcome.CANCELLED:
+                self._report(ep, outcome)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        ep: EndpointState,
+        upstream: aiohttp.ClientResponse,
+        deadline: float,
+        sent_at: float,
+        st: _Attempt,
+    ) -> Outcome:
+        """Wait for the first byte, commit, then stream. Returns the outcome for health."""
+        cfg = rt.cfg.proxy
+        status = upstream.status
+        replayable_left = st.attempts < rt.cfg.routing.max_attempts
+        if status in RETRYABLE_STATUS and replayable_left:
+            raise _UpstreamFailed(Outcome.HTTP_5XX, f"http_{status}", status)
+        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
+        first = b""
+        if not no_body:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    first = await upstream.content.readany()
+            except TimeoutError:
+                raise _UpstreamFailed(Outcome.TIMEOUT, "ttft_timeout") from None
+            except aiohttp.ClientError as exc:
+                raise _UpstreamFailed(Outcome.ABORT, _short(exc)) from None
+        ttfb = self.clock() - sent_at
+        st.ttfb_s = ttfb
+        if self.on_ttfb is not None:
+            self.on_ttfb(ep.region, ttfb)
+        # Commit: from here on the client has our status line and headers.
+        route_headers = (
+            ((cfg.region_header, rt.fleet.regions[ep.region].name), (cfg.route_header, st.route))
+            if cfg.expose_route_headers
+            else ()
+        )
+        response = web.StreamResponse(
+            status=status,
+            reason=upstream.reason,
+            headers=downstream_headers(
+                upstream.headers, request_id=st.request_id, via=cfg.via, route=route_headers
+            ),
+        )
+        st.status = status
+        st.response = response
+        await response.prepare(request)
+        if no_body:
+            await response.write_eof()
+            return _status_outcome(status)
+        if first:
+            await response.write(first)
+            st.bytes_out += len(first)
+        idle = cfg.idle_timeout_s
+        content = upstream.content
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError:
+                log.warning("request %s: upstream stalled mid-stream; cut", st.request_id)
+                _cut(request)
+                return Outcome.TIMEOUT
+            except aiohttp.ClientError as exc:
+                log.warning(
+                    "request %s: upstream aborted mid-stream (%s)", st.request_id, _short(exc)
+                )
+                _cut(request)
+                return Outcome.ABORT
+            if not chunk:
+                break
+            await response.write(chunk)  # awaits the client: backpressure
+            st.bytes_out += len(chunk)
+        await response.write_eof()
+        return _status_outcome(status)
+
+    async def _stream_body(self, body: Body, limit: int, st: _Attempt) -> AsyncIterator[bytes]:
+        """The buffered prefix, then the rest of the client's body as it arrives."""
+        total = len(body.data)
+        yield body.data
+        assert body.stream is not None
+        while True:
+            chunk = await body.stream.readany()
+            if not chunk:
+                return
+            total += len(chunk)
+            st.bytes_in = total
+            if total > limit:
+                body.overflow = True
+                raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+            yield chunk
+
+    # -- websockets ----------------------------------------------------------------------------
+
+    async def _websocket(
+        self, request: web.Request, rt: Runtime, order: tuple[int, ...], st: _Attempt
+    ) -> web.StreamResponse:
+        from gslb.wsproxy import relay_websocket
+
+        return await relay_websocket(self, request, rt, order, st)
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def _report(self, ep: EndpointState, outcome: Outcome) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(ep, outcome, self.clock())
+
+    def _record(self, request: web.Request, st: _Attempt) -> None:
+        record = RequestRecord(
+            request_id=st.request_id,
+            method=request.method,
+            path=request.path,  # aiohttp's path has no query string
+            status=st.status,
+            region=st.region,
+            route=st.route or (st.error or ""),
+            attempts=st.attempts,
+            ttfb_s=st.ttfb_s,
+            duration_s=self.clock() - st.started,
+            bytes_in=st.bytes_in,
+            bytes_out=st.bytes_out,
+            country=st.country,
+            client=st.client,
+            error=st.error,
+            retries=st.retries,
+            spilled_from=st.spilled_from,
+        )
+        try:
+            self.observer.request_done(record)
+        except Exception:  # an observer bug must not break the data plane
+            log.exception("observer failed")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _refuse_proxy_forms(request: web.Request) -> None:
+    """No open proxy: absolute-form targets and CONNECT are refused, never followed."""
+    if request.method == "CONNECT":
+        raise GslbError(405, "bad_request", "CONNECT is not supported")
+    target = request.raw_path
+    if not target.startswith("/"):
+        raise GslbError(400, "bad_request", "request target must be a path")
+
+
+def _peer_trusted(rt: Runtime, peer: str | None) -> bool:
+    from gslb.clientip import parse_ip
+
+    ip = parse_ip(peer) if peer else None
+    return ip is not None and ip in rt.trusted
+
+
+def _client_label(ip: Any, mode: str) -> str | None:
+    if ip is None or mode == "none":
+        return None
+    return str(ip) if mode == "full" else truncate_ip(ip)
+
+
+def _model_of(body: Body, request: web.Request) -> str | None:
+    if not body.replayable or not body.data or request.content_type != "application/json":
+        return None
+    try:
+        doc = orjson.loads(body.data)
+    except orjson.JSONDecodeError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) and len(model) <= 256 else None
+
+
+def _home_of(rt: Runtime, facts: Any, order: tuple[int, ...]) -> str | None:
+    """The region a spill left: the nearest allowed, routable, active region."""
+    net = rt.router.net_ms(facts.location)
+    snap = rt.fleet.snapshot
+    regions = rt.cfg.regions
+    mask = rt.router.placement.allowed(facts)
+    best: int | None = None
+    for i in range(len(regions)):
+        if (
+            mask >> i & 1
+            and snap.routable[i]
+            and regions[i].active
+            and (best is None or net[i] < net[best])
+        ):
+            best = i
+    return regions[best].name if best is not None else None
+
+
+def _no_region_message(location: Location | None) -> str:
+    if location is None:
+        return "no region may serve this request now"
+    return f"no region allowed for clients in {location.country or 'this location'} is available"
+
+
+def _is_websocket(request: web.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def _status_outcome(status: int) -> Outcome:
+    if status == 429:
+        return Outcome.SATURATED
+    if status >= 500:
+        return Outcome.HTTP_5XX
+    return Outcome.SUCCESS
+
+
+def _cut(request: web.Request) -> None:
+    """End a committed response without its terminating chunk: the client sees truncation."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+def _short(exc: BaseException) -> str:
+    return type(exc).__name__
