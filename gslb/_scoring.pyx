@@ -39,11 +39,6 @@ cdef enum:
     R_LOCAL_QUEUED = 4
     R_STANDBY = 5
 
-# Fallback lists up to this long are insertion-sorted with a linear scan; longer ones use a
-# branchless binary search (a linear scan mispredicts less while the list is short).
-cdef enum:
-    LINEAR_SORT_MAX = 32
-
 cdef struct _Entry:
     double key
     Py_ssize_t index
@@ -81,6 +76,7 @@ cdef inline const double *_fast_doubles(object obj, Py_ssize_t *size) noexcept:
             return arr.data.as_doubles
     size[0] = -1
     return NULL
+
 
 def wait_ms(double load, double capacity, double service_ms):
     """Modeled queueing delay for one more request at a region with ``load`` in flight."""
@@ -261,7 +257,7 @@ cdef class Kernel:
 
         # Fallbacks: the rest of the candidate set by cost; stable insertion sort.
         cdef _Entry *fb = self._scratch
-        cdef Py_ssize_t lo, span, half
+        cdef Py_ssize_t lo, hi, mid
         m = 0
         for i in range(n):
             if i == chosen or not allowed[i] or not routable[i]:
@@ -269,21 +265,22 @@ cdef class Kernel:
             if (active[i] != 0) == pick_standby:
                 continue
             key = net_ms[i] + _wait(load[i], cap[i], svc[i])
-            # Insert after every entry whose key is <= this one (stable).
-            if m <= LINEAR_SORT_MAX:
+            # Insert after every entry whose key is <= this one (stable). A linear scan
+            # mispredicts less than a binary search while the list is short.
+            if m <= 48:
                 lo = m
                 while lo > 0 and key < fb[lo - 1].key:
                     fb[lo] = fb[lo - 1]
                     lo -= 1
             else:
-                # Branchless upper bound: first entry whose key is > this one.
                 lo = 0
-                span = m
-                while span > 1:
-                    half = span >> 1
-                    lo += half * <Py_ssize_t> (not (key < fb[lo + half].key))
-                    span -= half
-                lo += <Py_ssize_t> (not (key < fb[lo].key))
+                hi = m
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if key < fb[mid].key:
+                        hi = mid
+                    else:
+                        lo = mid + 1
                 if lo < m:
                     memmove(&fb[lo + 1], &fb[lo], <size_t> (m - lo) * sizeof(_Entry))
             fb[lo].key = key
