@@ -149,8 +149,12 @@ cdef class Kernel:
             raise ValueError(f"service_ms must be > 0, got {value!r}")
         self._service_ms[index] = value
 
-    def decide(self, allowed, routable, net_ms, load, double budget_ms):
-        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks."""
+    def decide(self, allowed, routable, net_ms, load, double budget_ms, Py_ssize_t limit=0):
+        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks.
+
+        ``limit`` > 0 keeps only the first ``limit`` entries of ``order`` (the request path
+        needs no more candidates than it may attempt); 0 keeps them all.
+        """
         # Borrow raw pointers. Exact bytes / bytearray / array('d') are read directly (no
         # buffer acquisition); anything else goes through a typed memoryview kept alive
         # in these locals. Nothing below calls back into Python while the pointers are in
@@ -183,12 +187,13 @@ cdef class Kernel:
             if n_load > 0:
                 load_p = &load_mv[0]
         return self._decide(allowed_p, n_allowed, routable_p, n_routable, net_p, n_net,
-                            load_p, n_load, budget_ms)
+                            load_p, n_load, budget_ms, limit)
 
     cdef object _decide(self, const unsigned char *allowed, Py_ssize_t n_allowed,
                         const unsigned char *routable, Py_ssize_t n_routable,
                         const double *net_ms, Py_ssize_t n_net,
-                        const double *load, Py_ssize_t n_load, double budget_ms):
+                        const double *load, Py_ssize_t n_load, double budget_ms,
+                        Py_ssize_t limit):
         cdef Py_ssize_t n = self._n
         cdef const unsigned char *active = self._active
         cdef const double *cap = self._capacity
@@ -258,13 +263,21 @@ cdef class Kernel:
         # Fallbacks: the rest of the candidate set by cost; stable insertion sort.
         cdef _Entry *fb = self._scratch
         cdef Py_ssize_t lo, hi, mid
+        # Keep at most `cap_fb` fallbacks: a bounded insertion sort drops the worst.
+        cdef Py_ssize_t cap_fb = n if limit <= 0 else limit - 1
         m = 0
+        if cap_fb <= 0:
+            n = 0  # the choice alone: skip the fallback scan
         for i in range(n):
             if i == chosen or not allowed[i] or not routable[i]:
                 continue
             if (active[i] != 0) == pick_standby:
                 continue
             key = net_ms[i] + _wait(load[i], cap[i], svc[i])
+            if m == cap_fb:
+                if not (key < fb[m - 1].key):
+                    continue  # no better than the worst kept (ties keep the earlier index)
+                m -= 1  # the worst kept entry falls off the end
             # Insert after every entry whose key is <= this one (stable). A linear scan
             # mispredicts less than a binary search while the list is short.
             if m <= 48:

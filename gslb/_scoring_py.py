@@ -116,8 +116,23 @@ class Kernel:
         net_ms: array.array[float],
         load: array.array[float],
         budget_ms: float,
+        limit: int = 0,
     ) -> tuple[int, tuple[int, ...]]:
-        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks."""
+        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks.
+
+        ``limit`` > 0 keeps only the first ``limit`` entries of ``order``; 0 keeps them all.
+        """
+        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms)
+        return reason, (order[:limit] if limit > 0 else order)
+
+    def _decide(
+        self,
+        allowed: bytes,
+        routable: bytes | bytearray,
+        net_ms: array.array[float],
+        load: array.array[float],
+        budget_ms: float,
+    ) -> tuple[int, tuple[int, ...]]:
         n = self._n
         if len(allowed) != n or len(routable) != n or len(net_ms) != n or len(load) != n:
             raise ValueError(

@@ -86,7 +86,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         model=args.model,
     )
     decision = router.decide(facts, snapshot, explain=True)
-    doc = decision_document(str(ip), location, facts, decision)
+    doc = decision_document(str(ip), location, facts, decision, router.residency_rules(facts))
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

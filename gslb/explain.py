@@ -23,7 +23,11 @@ def client_document(ip: str | None, location: Location | None) -> dict[str, Any]
 
 
 def decision_document(
-    ip: str | None, location: Location | None, facts: RequestFacts, decision: Decision
+    ip: str | None,
+    location: Location | None,
+    facts: RequestFacts,
+    decision: Decision,
+    residency_rules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     return {
         "client": client_document(ip, location),
@@ -31,7 +35,7 @@ def decision_document(
         "reason": decision.reason,
         "fallbacks": list(decision.fallbacks),
         "budget_ms": facts.budget_ms,
-        "residency_rules": list(decision.residency_rules),
+        "residency_rules": list(residency_rules),
         "candidates": [
             {
                 "region": c.region,

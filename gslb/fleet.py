@@ -113,6 +113,11 @@ class EndpointState:
         return "up"
 
 
+def _alive(ep: EndpointState) -> bool:
+    """Up by active checks and not drained: what the panic rule still uses."""
+    return ep.up and not ep.draining
+
+
 class RegionState:
     __slots__ = (
         "cfg",
@@ -123,6 +128,7 @@ class RegionState:
         "name",
         "panic",
         "recovered_at",
+        "refreshed_at",
         "routable",
     )
 
@@ -137,6 +143,8 @@ class RegionState:
         self.panic = False
         # Set by health when the region last came back; standby hold-down reads it.
         self.recovered_at: float | None = None
+        # When refresh_region last ran: load updates between refreshes judge report age by it.
+        self.refreshed_at = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +167,8 @@ class FleetState:
         self._random = self._rnd.random
         # Extra load a region is charged while it signals "full" (429), per saturated endpoint.
         self.saturation_load = [float(r.capacity) / max(1, len(r.endpoints)) for r in cfg.regions]
-        # Observers (metrics, logs) told when a region's routability flips.
-        self.on_region_change: list[Callable[[RegionState, bool], None]] = []
+        # Observers (health, metrics, logs) told when a region's routability flips, and when.
+        self.on_region_change: list[Callable[[RegionState, bool, float], None]] = []
 
     def endpoints(self) -> Iterator[EndpointState]:
         for r in self.regions:
@@ -186,11 +194,7 @@ class FleetState:
         cands = [e for e in eps if e is not exclude and e.available(now)]
         if not cands and region.panic:
             # Panic: passive ejections alone emptied the region; active checks say it lives.
-            cands = [
-                e
-                for e in eps
-                if e is not exclude and e.up and not e.draining and not e.cordoned(now)
-            ]
+            cands = [e for e in eps if e is not exclude and _alive(e)]
         if not cands:
             return None
         if len(cands) == 1:
@@ -217,9 +221,11 @@ class FleetState:
     # -- derived figures -------------------------------------------------------------------------
 
     def _update_load(self, region: RegionState) -> None:
-        self.snapshot.load[region.index] = self.region_load(region, None)
+        # As of the last refresh: health ticks refresh often, and acquire/release must not
+        # read the clock or resurrect a report that the last refresh found stale.
+        self.snapshot.load[region.index] = self.region_load(region, region.refreshed_at)
 
-    def region_load(self, region: RegionState, now: float | None) -> float:
+    def region_load(self, region: RegionState, now: float) -> float:
         """In-flight + queued for the router: fresh load reports win over local counts.
 
         Endpoints that reported within ``max_age_s`` contribute their reported load (the
@@ -230,34 +236,36 @@ class FleetState:
         max_age = region.cfg.load.max_age_s
         for ep in region.endpoints:
             rep = ep.reported_load
-            if rep is not None and (now is None or now - ep.reported_at <= max_age):
+            if rep is not None and now - ep.reported_at <= max_age:
                 total += max(rep, float(ep.inflight))
             else:
                 total += ep.inflight
-            if now is not None and ep.saturated_until > now:
+            if ep.saturated_until > now:
                 total += self.saturation_load[region.index]
         return total
 
     def refresh_region(self, region: RegionState, now: float) -> None:
         """Recompute a region's routability and load after any health or load change."""
+        region.refreshed_at = now
         eps = region.endpoints
         any_available = any(e.available(now) for e in eps)
-        alive = [e for e in eps if e.up and not e.draining and not e.cordoned(now)]
-        region.panic = not any_available and bool(alive)
+        # Panic ignores ejections and cordons (both are guesses); active checks and drains hold.
+        region.panic = not any_available and any(_alive(e) for e in eps)
         routable = not region.draining and (any_available or region.panic)
         if routable != region.routable:
             region.routable = routable
             for cb in self.on_region_change:
-                cb(region, routable)
-        self.snapshot.routable[region.index] = 1 if self._gate(region, now) else 0
-        self.snapshot.load[region.index] = self.region_load(region, now)
+                cb(region, routable, now)
+        i = region.index
+        self.snapshot.routable[i] = 1 if routable and not self.held_down(region, now) else 0
+        self.snapshot.last_resort[i] = 1 if routable else 0
+        self.snapshot.load[i] = self.region_load(region, now)
 
-    def _gate(self, region: RegionState, now: float) -> bool:
-        """Routable as the router should see it (hold-down applies to recovered regions)."""
-        if not region.routable:
+    def held_down(self, region: RegionState, now: float) -> bool:
+        """Recovered too recently to take traffic back (flap damping)."""
+        if region.recovered_at is None:
             return False
-        hold = region.cfg.health.standby_hold_down_s
-        return region.recovered_at is None or now - region.recovered_at >= hold
+        return now - region.recovered_at < region.cfg.health.standby_hold_down_s
 
     def refresh(self, now: float) -> None:
         for region in self.regions:

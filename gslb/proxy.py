@@ -191,7 +191,7 @@ class Proxy:
         self.observer.decision_made(time.perf_counter() - t0)
         st.route = decision.reason
         if decision.region is None:
-            rules = rt.router.placement.residency(facts.country)[1]
+            rules = rt.router.residency_rules(facts)
             if rules:
                 self.observer.residency_denied(rules)
             raise GslbError(
@@ -511,7 +511,7 @@ def _home_of(rt: Runtime, facts: Any, order: tuple[int, ...]) -> str | None:
     net = rt.router.net_ms(facts.location)
     snap = rt.fleet.snapshot
     regions = rt.cfg.regions
-    mask = rt.router.placement.allowed(facts)
+    mask = rt.router.allowed_mask(facts)
     best: int | None = None
     for i in range(len(regions)):
         if (

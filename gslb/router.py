@@ -20,6 +20,7 @@ from gslb.state import Snapshot
 
 NET_CACHE_SIZE = 16384
 MASK_CACHE_SIZE = 4096
+DECISION_CACHE_SIZE = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +42,12 @@ class Decision:
     """Where a request goes and why.
 
     ``region`` is ``None`` when no region may take it (reason ``no-region``). ``fallbacks`` are
-    the retry candidates in order. ``order`` holds the same as region indexes (chosen first).
-    ``candidates`` is filled only when the caller asked for an explanation.
-    ``residency_rules`` names the rules that matched the client, for denial metrics.
+    the retry candidates in order: on the request path only as many as ``max_attempts`` can
+    use, in an explanation all of them. ``order`` holds the same as region indexes (chosen
+    first). ``candidates`` is filled only when the caller asked for an explanation.
+
+    Decisions are values from a small set (a reason and a few region indexes), so the router
+    hands out shared instances instead of building one per request.
     """
 
     region: str | None
@@ -51,7 +55,6 @@ class Decision:
     fallbacks: tuple[str, ...]
     candidates: tuple[Candidate, ...] = ()
     order: tuple[int, ...] = ()
-    residency_rules: tuple[str, ...] = ()
 
 
 class Router:
@@ -76,6 +79,8 @@ class Router:
             cfg.routing.spill_penalty_ms,
         )
         self._deny_unknown = cfg.routing.unknown_location == "deny"
+        self._keep = cfg.routing.max_attempts  # candidates the proxy can use
+        self._decisions: dict[tuple[int, tuple[int, ...]], Decision] = {}
         self._edge = cfg.geoip.edge_location
         self._net_cache: dict[Location | None, array[float]] = {}
         self._mask_cache: dict[int, bytes] = {}
@@ -119,29 +124,64 @@ class Router:
     # -- the decision ---------------------------------------------------------------------------
 
     def decide(self, facts: RequestFacts, snapshot: Snapshot, explain: bool = False) -> Decision:
+        """Where ``facts`` should go given ``snapshot``; ``explain`` adds every candidate."""
+        mask = self.allowed_mask(facts)
+        # The per-request path: cached inputs, one kernel call, a shared Decision.
+        allowed = self._mask_cache.get(mask) or self._mask_bytes(mask)
+        net = self._net_cache.get(facts.location) or self.net_ms(facts.location)
+        if explain:
+            code, order = self.kernel.decide(
+                allowed, snapshot.routable, net, snapshot.load, facts.budget_ms
+            )
+            if not order and snapshot.last_resort != snapshot.routable:
+                code, order = self.kernel.decide(
+                    allowed, snapshot.last_resort, net, snapshot.load, facts.budget_ms
+                )
+            return self._decision(code, order, self._explain(facts, snapshot, mask, net, order))
+        key = self.kernel.decide(
+            allowed, snapshot.routable, net, snapshot.load, facts.budget_ms, self._keep
+        )
+        if not key[1] and snapshot.last_resort != snapshot.routable:
+            # Nothing routable: regions held down after a recovery beat a refusal.
+            key = self.kernel.decide(
+                allowed, snapshot.last_resort, net, snapshot.load, facts.budget_ms, self._keep
+            )
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            decision = self._decisions[key] = self._decision(key[0], key[1], ())
+        return decision
+
+    def allowed_mask(self, facts: RequestFacts) -> int:
         placement = self.placement
-        mask, rules = placement.residency(facts.country)
+        location = facts.location
+        if location is None:
+            if self._deny_unknown:
+                return 0
+            mask = placement.all_mask
+        else:
+            mask = placement.residency(location.country)[0]
         if facts.certifications or placement.base_certs:
             mask &= placement.certifications(facts.certifications)
         if facts.model is not None:
             mask &= placement.model(facts.model)
         if facts.residency is not None:
             mask &= placement.jurisdictions(facts.residency)
-        if self._deny_unknown and facts.location is None:
-            mask = 0
-        allowed = self._mask_bytes(mask)
-        net = self.net_ms(facts.location)
-        code, order = self.kernel.decide(
-            allowed, snapshot.routable, net, snapshot.load, facts.budget_ms
-        )
+        return mask
+
+    def residency_rules(self, facts: RequestFacts) -> tuple[str, ...]:
+        """Names of the residency rules that bind this client (for denial metrics)."""
+        return self.placement.residency(facts.country)[1]
+
+    def _decision(
+        self, code: int, order: tuple[int, ...], candidates: tuple[Candidate, ...]
+    ) -> Decision:
         names = self.names
-        if order:
-            region: str | None = names[order[0]]
-            fallbacks = tuple([names[i] for i in order[1:]])
-        else:
-            region, fallbacks = None, ()
-        candidates = self._explain(facts, snapshot, mask, net, order) if explain else ()
-        return Decision(region, self._reasons[code], fallbacks, candidates, order, rules)
+        if not order:
+            return Decision(None, self._reasons[code], (), candidates, ())
+        fallbacks = tuple([names[i] for i in order[1:]])
+        return Decision(names[order[0]], self._reasons[code], fallbacks, candidates, order)
 
     # -- explanations (operator path) -------------------------------------------------------
 

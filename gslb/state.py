@@ -13,13 +13,19 @@ from typing import Any
 
 
 class Snapshot:
-    """``routable[i]`` (0/1) and ``load[i]`` (in-flight + queued) for region ``i``."""
+    """``routable[i]`` (0/1) and ``load[i]`` (in-flight + queued) for region ``i``.
 
-    __slots__ = ("load", "names", "routable")
+    ``last_resort[i]`` is 1 for a region that is healthy but held down after a recovery:
+    the router uses such regions only when nothing else allowed is routable, so flap damping
+    never turns into a refusal.
+    """
+
+    __slots__ = ("last_resort", "load", "names", "routable")
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         self.routable = bytearray(b"\x01" * len(self.names))
+        self.last_resort = bytearray(b"\x01" * len(self.names))
         self.load = array("d", [0.0] * len(self.names))
 
     def index(self, name: str) -> int:
@@ -30,7 +36,7 @@ class Snapshot:
         if load is not None:
             self.load[i] = float(load)
         if routable is not None:
-            self.routable[i] = 1 if routable else 0
+            self.routable[i] = self.last_resort[i] = 1 if routable else 0
 
     @classmethod
     def from_document(cls, names: Sequence[str], doc: Mapping[str, Any]) -> Snapshot:

@@ -50,7 +50,7 @@ def test_saturated_canada_stays_in_canada_while_new_york_spills(router: Router) 
     ca = decide(router, TORONTO, snap)
     assert (ca.region, ca.reason) == ("ca-central", "local-queued")
     assert ca.fallbacks == ()  # the standby is not a fallback while an active region serves
-    assert ca.residency_rules == ("canada",)
+    assert router.residency_rules(RequestFacts(TORONTO, 300)) == ("canada",)
     ny = decide(router, NEW_YORK, snap)
     assert ny.reason == "spill"
     assert ny.region in {"us-west", "ca-central"}
@@ -158,3 +158,19 @@ def test_service_time_correction_changes_wait(router: Router) -> None:
 
 def test_router_uses_active_backend() -> None:
     assert scoring.BACKEND in {"cython", "python"}
+
+
+def test_held_down_regions_are_a_last_resort_not_a_refusal(router: Router) -> None:
+    snap = router.new_snapshot()
+    i = router.names.index("ca-central")
+    # ca-central just recovered (held down); the standby is down too.
+    snap.routable[i] = 0
+    snap.last_resort[i] = 1
+    snap.set("ca-west", routable=False)
+    d = decide(router, TORONTO, snap)
+    assert (d.region, d.reason) == ("ca-central", "local")
+    plain = router.decide(RequestFacts(TORONTO, 300), snap)
+    assert plain.region == "ca-central"
+    # While the standby serves, the held-down region waits out its hold-down.
+    snap.set("ca-west", routable=True)
+    assert decide(router, TORONTO, snap).region == "ca-west"

@@ -101,13 +101,14 @@ class Fleet:
             k.set_service_ms(index, value)
         return k
 
-    def decide(self, mod: ModuleType) -> tuple[int, tuple[int, ...]]:
+    def decide(self, mod: ModuleType, limit: int = 0) -> tuple[int, tuple[int, ...]]:
         result: tuple[int, tuple[int, ...]] = self.kernel(mod).decide(
             self.allowed,
             bytearray(self.routable),
             array("d", self.net_ms),
             array("d", self.load),
             self.budget_ms,
+            limit,
         )
         return result
 
@@ -548,6 +549,16 @@ def check_fleet(f: Fleet) -> None:
 @given(fleets())
 def test_properties(f: Fleet) -> None:
     check_fleet(f)
+
+
+# The request path asks for only as many candidates as it may attempt: the bounded insertion
+# must keep exactly the first ``limit`` entries of the full order, ties included.
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(fleets(), st.integers(1, 5))
+def test_limit_keeps_a_prefix_of_the_full_order(f: Fleet, limit: int) -> None:
+    for mod in available().values():
+        reason, order = f.decide(mod)
+        assert f.decide(mod, limit) == (reason, order[:limit])
 
 
 # More than 48 fallbacks exercises the kernel's binary-insertion path.
