@@ -96,14 +96,25 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gslb.geoip import GeoIP, GeoIPError
-    from gslb.server import main_serve
+    from gslb.supervisor import serve
 
     cfg = _load(args.config)
-    try:  # fail fast, before forking workers, on a broken GeoIP database
+    try:  # fail fast, before starting workers, on a broken GeoIP database
         GeoIP(cfg.geoip.database, cache_size=0).close()
     except GeoIPError as exc:
         raise UsageError(str(exc)) from None
-    return main_serve(cfg, args.workers, args.config)
+    return serve(cfg, args.config, args.workers)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gslb.server import install_uvloop
+    from gslb.supervisor import run_worker_process
+
+    install_uvloop()
+    asyncio.run(run_worker_process(args.config, args.control))
+    return 0
 
 
 def cmd_fake_region(args: argparse.Namespace) -> int:
@@ -136,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", required=True)
     sv.add_argument("--workers", type=int, default=None, help="processes (default: config)")
     sv.set_defaults(func=cmd_serve)
+
+    # Internal: one worker process under `serve --workers N` (not for direct use).
+    wk = sub.add_parser("_worker")
+    wk.add_argument("--config", required=True)
+    wk.add_argument("--control", required=True)
+    wk.set_defaults(func=cmd_worker)
 
     from gslb.fakeregion import add_arguments
 

@@ -33,7 +33,7 @@ Rules (DESIGN.md section 5), and the choices made where it is silent:
   region failing over on a prediction. The first probe round never cordons (a node whose
   servers are still loading weights is not failing).
 - Hold-down: a region that became unroutable for health reasons gets ``recovered_at = now``
-  when it is routable again, so the router's gate (``FleetState._gate``) sends it traffic only
+  when it is routable again, so the router's gate (``FleetState.held_down``) sends it traffic only
   after ``standby_hold_down_s``. This damps flapping for every region and is how a standby hands
   traffic back after an active region recovers. A region that was never down (fresh start) has
   ``recovered_at = None`` and serves at once; a region that was unroutable only because an
@@ -155,10 +155,6 @@ class HealthPolicy:
         self.cordons_total: Counter[str] = Counter()
         # Regions that went unroutable for health reasons (not a drain): they get a hold-down.
         self._health_down: set[int] = set()
-        # The latest time any entry point was given. The fleet's region-change callback does not
-        # carry the time, so a flip noticed there is stamped with this (at most one tick old
-        # when the flip happens in another writer's refresh, e.g. a load poller).
-        self._now = 0.0
         self._last_tick = -math.inf
         fleet.on_region_change.append(self._on_region_change)
 
@@ -171,7 +167,6 @@ class HealthPolicy:
 
     def on_outcome(self, ep: EndpointState, outcome: Outcome, now: float) -> None:
         """Account one upstream attempt. Cheap on the success path: it runs per request."""
-        self._now = now
         if outcome is Outcome.SUCCESS:
             ep.consecutive_failures = 0
             return
@@ -236,7 +231,6 @@ class HealthPolicy:
 
     def on_probe(self, ep: EndpointState, ok: bool, rtt_s: float | None, now: float) -> None:
         """One active check result, with rise/fall hysteresis."""
-        self._now = now
         region = self.fleet.regions[ep.region]
         health = region.cfg.health
         if ok:
@@ -259,7 +253,6 @@ class HealthPolicy:
         if ok:
             self.on_probe(ep, ok, rtt_s, now)
             return
-        self._now = now
         region = self.fleet.regions[ep.region]
         ep.probe_successes = 0
         ep.probe_failures = max(ep.probe_failures + 1, region.cfg.health.fall)
@@ -334,7 +327,6 @@ class HealthPolicy:
         when an ejection, cordon, saturation, load report or hold-down ran out in
         ``(last tick, now]``. The first tick refreshes everything.
         """
-        self._now = now
         last = self._last_tick
         for region in self.fleet.regions:
             if not region.routable and _down_for_health(region):

@@ -122,16 +122,12 @@ class Proxy:
         *,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_outcome: Callable[[EndpointState, Outcome, float], None] | None = None,
-        on_ttfb: Callable[[int, float], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.geoip = geoip
         self.session = session
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
-        self.on_outcome = on_outcome
-        self.on_ttfb = on_ttfb
         self._rid_prefix = secrets.token_hex(4)
         self._rid_counter = 0
 
@@ -254,7 +250,7 @@ class Proxy:
                 return await self._attempt(request, rt, ep, body, st, peer)
             except _UpstreamFailed as failed:
                 last = failed
-                self._report(ep, failed.outcome)
+                self._report(rt, ep, failed.outcome)
                 st.retries = (*st.retries, failed.reason)
                 log.info(
                     "request %s: attempt %d on %s failed before commit: %s",
@@ -314,6 +310,7 @@ class Proxy:
                         headers=headers,
                         data=data,
                         allow_redirects=False,
+                        ssl=rt.upstream_ssl[ep.region],
                         timeout=aiohttp.ClientTimeout(
                             total=None, sock_connect=cfg.connect_timeout_s
                         ),
@@ -337,7 +334,7 @@ class Proxy:
         finally:  # a failure before commit is reported by the retry loop instead
             fleet.release(ep)
             if outcome is not Outcome.CANCELLED:
-                self._report(ep, outcome)
+                self._report(rt, ep, outcome)
 
     async def _relay(
         self,
@@ -367,8 +364,7 @@ class Proxy:
                 raise _UpstreamFailed(Outcome.ABORT, _short(exc)) from None
         ttfb = self.clock() - sent_at
         st.ttfb_s = ttfb
-        if self.on_ttfb is not None:
-            self.on_ttfb(ep.region, ttfb)
+        rt.health.on_ttfb(ep.region, ttfb)
         # Commit: from here on the client has our status line and headers.
         route_headers = (
             ((cfg.region_header, rt.fleet.regions[ep.region].name), (cfg.route_header, st.route))
@@ -412,6 +408,7 @@ class Proxy:
             await response.write(chunk)  # awaits the client: backpressure
             st.bytes_out += len(chunk)
         await response.write_eof()
+        rt.health.on_duration(ep.region, self.clock() - sent_at)
         return _status_outcome(status)
 
     async def _stream_body(self, body: Body, limit: int, st: _Attempt) -> AsyncIterator[bytes]:
@@ -441,9 +438,10 @@ class Proxy:
 
     # -- accounting ----------------------------------------------------------------------------
 
-    def _report(self, ep: EndpointState, outcome: Outcome) -> None:
-        if self.on_outcome is not None:
-            self.on_outcome(ep, outcome, self.clock())
+    def _report(self, rt: Runtime, ep: EndpointState, outcome: Outcome) -> None:
+        """Tell passive health how an attempt ended (the policy of the request's config)."""
+        now = self.clock()
+        rt.health.on_outcome(ep, outcome, now)
 
     def _record(self, request: web.Request, st: _Attempt) -> None:
         record = RequestRecord(

@@ -7,11 +7,14 @@ and streams in flight finish on the config they started with while new ones see 
 from __future__ import annotations
 
 import random
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gslb.clientip import TrustedProxies
-from gslb.config import Config
+from gslb.config import Config, ConfigError, UpstreamTLSConfig
 from gslb.fleet import EndpointState, FleetState
+from gslb.health import HealthEvent, HealthPolicy
 from gslb.router import Router
 
 # Health fields carried from an old endpoint to the same endpoint in a new config.
@@ -37,7 +40,11 @@ class Runtime:
     router: Router
     fleet: FleetState
     trusted: TrustedProxies
+    health: HealthPolicy
     parse_model: bool  # some region restricts models: read the body's "model" field
+    # Per region: True = verify with the system CAs, False = no verification (opt-in),
+    # or a context with the region's CA bundle and client certificate (mTLS).
+    upstream_ssl: tuple[ssl.SSLContext | bool, ...] = ()
     generation: int = 0
 
 
@@ -46,9 +53,18 @@ def build_runtime(
     rnd: random.Random | None = None,
     previous: Runtime | None = None,
     now: float = 0.0,
+    on_event: Callable[[HealthEvent], None] | None = None,
 ) -> Runtime:
-    """Build a runtime; with ``previous``, carry health state of unchanged endpoints over."""
+    """Build a runtime; with ``previous``, carry health state of unchanged endpoints over.
+
+    Raises ``ConfigError`` when a file the config names (CA bundle, client certificate)
+    cannot be loaded: a reload then keeps the running config.
+    """
+    upstream_ssl = tuple(
+        upstream_ssl_context(r.tls, f"regions[{i}].tls") for i, r in enumerate(cfg.regions)
+    )
     fleet = FleetState(cfg, rnd)
+    health = HealthPolicy(fleet, on_event=on_event)
     if previous is not None:
         _carry_health(previous.fleet, fleet)
         fleet.refresh(now)
@@ -57,9 +73,32 @@ def build_runtime(
         router=Router(cfg),
         fleet=fleet,
         trusted=TrustedProxies(cfg.geoip.trusted_proxies),
+        health=health,
         parse_model=any(r.models for r in cfg.regions),
+        upstream_ssl=upstream_ssl,
         generation=previous.generation + 1 if previous is not None else 0,
     )
+
+
+def upstream_ssl_context(tls: UpstreamTLSConfig, path: str) -> ssl.SSLContext | bool:
+    """The TLS client setting for one region's upstreams, built at config load."""
+    if not tls.verify and not tls.cert_file:
+        return False
+    if tls.verify and not tls.ca_file and not tls.cert_file:
+        return True  # aiohttp's default: verified against the system CAs
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{path}.ca_file", f"cannot load {tls.ca_file}: {exc}") from None
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_file:
+        try:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{path}.cert_file", f"cannot load {tls.cert_file}: {exc}") from None
+    return ctx
 
 
 def _carry_health(old: FleetState, new: FleetState) -> None:

@@ -1,9 +1,8 @@
-"""Serving: one worker process = one event loop with the proxy, its health checks and pollers.
+"""A worker: one event loop with the public listener, the proxy, health checks and pollers.
 
-``gslb serve --workers N`` starts N worker processes, each with its own ``SO_REUSEPORT``
-listening socket, so the kernel spreads connections evenly (one shared accept socket wakes
-workers unevenly on Linux). SIGTERM or SIGINT: stop accepting, let requests and streams in
-flight finish within ``server.shutdown_grace_s``, then exit.
+Every worker binds its own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly
+(one shared accept socket wakes workers unevenly on Linux). Processes are managed in
+``supervisor.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -23,13 +23,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gslb.config import Config
+from gslb import scoring
+from gslb.accesslog import AccessLog
+from gslb.config import Config, ConfigError
 from gslb.geoip import GeoIP
-from gslb.observe import Observer
+from gslb.health import ActiveChecker
+from gslb.limits import Limits
+from gslb.loadreport import LoadPoller
+from gslb.metrics import Metrics
+from gslb.observe import Observer, Observers
+from gslb.policy import BUDGET_HEADER, CERTS_HEADER, RESIDENCY_HEADER, facts_from_headers
 from gslb.proxy import Proxy
+from gslb.recent import RecentActivity
 from gslb.runtime import Runtime, build_runtime
 
 log = logging.getLogger("gslb.server")
+LEARN_INTERVAL_S = 1.0
 
 
 def make_session(cfg: Config) -> aiohttp.ClientSession:
@@ -53,7 +62,11 @@ def make_session(cfg: Config) -> aiohttp.ClientSession:
 
 
 class Worker:
-    """The data plane of one process: listener, proxy, upstream session, health, load."""
+    """The data plane of one process: listener, proxy, upstream session, health, load.
+
+    Also the worker's side of the control plane: status, explain, drains and reloads, which
+    the admin listener reaches directly (one worker) or over a control socket (several).
+    """
 
     def __init__(
         self,
@@ -65,41 +78,53 @@ class Worker:
         rnd: random.Random | None = None,
         sock: socket.socket | None = None,
         health: bool = True,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.with_health = health
         self.clock = clock
         self.rnd = rnd or random.Random()
         self.geoip = geoip or GeoIP(cfg.geoip.database, cache_size=cfg.geoip.cache_size)
-        self.runtime: Runtime = build_runtime(cfg, self.rnd)
-        self.observer = observer
+        self.metrics = Metrics(lambda: self.runtime.fleet, self.geoip_stats, clock)
+        self.runtime: Runtime = build_runtime(cfg, self.rnd, on_event=self.metrics.health_event)
+        self.recent = RecentActivity(clock=clock)
+        self.access_log = access_log if access_log is not None else AccessLog.from_config(cfg.log)
+        observers: list[Observer] = [self.metrics, self.recent, self.access_log]
+        if observer is not None:
+            observers.append(observer)
+        self.observer = Observers(*observers)
         self.sock = sock
         self.session: aiohttp.ClientSession | None = None
         self.proxy: Proxy | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.health: Any = None
-        self._tasks: list[Any] = []
+        self.ready = False
+        self.started_at = clock()
+        self.tls: ssl.SSLContext | None = listener_tls(cfg)
+        self.limits: Limits | None = None
+        self.listener: asyncio.Server | None = None
+        self._plane: _Plane | None = None
+
+    def geoip_stats(self) -> dict[str, int]:
+        return self.geoip.stats
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         cfg = self.cfg
         self.session = make_session(cfg)
         self.proxy = Proxy(
-            self.runtime,
-            self.geoip,
-            self.session,
-            observer=self.observer,
-            clock=self.clock,
+            self.runtime, self.geoip, self.session, observer=self.observer, clock=self.clock
         )
         if self.with_health:
-            self._start_health()
+            self._plane = _Plane(self, self.runtime)
+            await self._plane.start(initial=True)
+        self.ready = True
         app = web.Application(client_max_size=cfg.proxy.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
         s = cfg.server
         self.runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=None,
+            access_log=None,  # gslb's own access log (no query strings, truncated IPs)
             handler_cancellation=True,  # a client that leaves cancels its upstream request
             auto_decompress=False,  # request bodies reach the upstream byte for byte
             shutdown_timeout=s.shutdown_grace_s,
@@ -109,46 +134,191 @@ class Worker:
             max_headers=s.max_headers,
         )
         await self.runner.setup()
-        if self.sock is not None:
-            site: web.BaseSite = web.SockSite(self.runner, self.sock)
-        else:
-            site = web.TCPSite(
-                self.runner,
+        assert self.runner.server is not None
+        # Our own listener around aiohttp's protocol factory, to add connection limits.
+        self.limits = Limits(self.runner.server, s.max_connections, s.header_timeout_s)
+        loop = asyncio.get_running_loop()
+        if self.sock is None:
+            self.sock = bind_reuseport(
                 host if host is not None else s.listen.host,
                 port if port is not None else s.listen.port,
-                reuse_port=True,
-                backlog=1024,
             )
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-
-    def _start_health(self) -> None:
-        """Wire passive accounting and start active checks and load pollers."""
-        from gslb.health import ActiveChecker, HealthPolicy
-        from gslb.loadreport import LoadPoller
-
-        assert self.proxy is not None and self.session is not None
-        policy = HealthPolicy(self.runtime.fleet, log=logging.getLogger("gslb.health"))
-        self.health = policy
-        self.proxy.on_outcome = policy.on_outcome
-        self.proxy.on_ttfb = policy.on_ttfb
-        checker = ActiveChecker(
-            self.runtime.fleet, policy, self.session, clock=self.clock, rnd=self.rnd
+        self.listener = await loop.create_server(
+            self.limits.factory, sock=self.sock, ssl=self.tls, backlog=1024
         )
-        poller = LoadPoller(self.runtime.fleet, self.session, clock=self.clock)
-        checker.start()
-        poller.start()
-        self._tasks = [checker, poller]
+        self.port = self.sock.getsockname()[1]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            await t.stop()
+        if self.listener is not None:
+            self.listener.close()  # stop accepting; open connections finish below
+        if self._plane is not None:
+            await self._plane.stop()
         if self.runner is not None:
             await self.runner.cleanup()  # stops accepting, waits for in-flight requests
         if self.session is not None:
             await self.session.close()
+        self.access_log.close()
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def reload(self, cfg: Config) -> None:
+        """Swap to a new config; raises ``ConfigError`` and keeps the old one when it fails.
+
+        Requests in flight keep the runtime they started with. Health and ejection state
+        carry over for endpoints that did not change; listener and GeoIP settings need a
+        restart (a warning says so).
+        """
+        old = self.runtime
+        new = build_runtime(
+            cfg, self.rnd, previous=old, now=self.clock(), on_event=self.metrics.health_event
+        )
+        if cfg.server != old.cfg.server or cfg.geoip.database != old.cfg.geoip.database:
+            log.warning("reload: [server] and geoip.database changes take effect on restart")
+        if self.tls is not None and cfg.server.tls_cert:
+            # New handshakes use the new certificate; open connections keep theirs.
+            try:
+                self.tls.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("server.tls_cert", f"cannot load: {exc}") from None
+        plane = _Plane(self, new) if self.with_health else None
+        if plane is not None:
+            await plane.start(initial=False)
+        old_plane, self._plane = self._plane, plane
+        self.runtime = new
+        if self.proxy is not None:
+            self.proxy.runtime = new
+        self.cfg = cfg
+        if old_plane is not None:
+            await old_plane.stop()
+        old.health.close()
+        log.info("reload: now on generation %d", new.generation)
+
+    def drain(self, draining: bool, target: dict[str, str]) -> dict[str, Any]:
+        """Drain or undrain a region, node or endpoint; raises KeyError for unknown targets."""
+        fleet = self.runtime.fleet
+        eps = fleet.set_draining(draining, self.clock(), **target)
+        return {
+            "target": target,
+            "draining": draining,
+            "endpoints": [e.url for e in eps],
+            "inflight": sum(e.inflight for e in eps),
+            "drained": fleet.drained(eps) if draining else False,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """This worker's view for ``/status``: config facts plus live health per region."""
+        rt = self.runtime
+        now = self.clock()
+        health: dict[str, dict[str, Any]] = rt.health.status(now)["regions"]  # type: ignore[assignment]
+        regions = []
+        for region in rt.fleet.regions:
+            cfg = region.cfg
+            doc = {
+                "name": region.name,
+                "provider": cfg.provider,
+                "tier": cfg.tier,
+                "jurisdiction": cfg.jurisdiction,
+                "role": cfg.role,
+                "location": list(cfg.location),
+                "capacity": cfg.capacity,
+                **health[region.name],
+            }
+            doc["util"] = round(doc["load"] / cfg.capacity, 4)
+            doc["service_ms"] = rt.router.service_ms[region.index]
+            for ep_doc, ep in zip(doc["endpoints"], region.endpoints, strict=True):
+                ep_doc["capacity_type"] = ep.cfg.capacity_type
+            regions.append(doc)
+        return {
+            "generation": rt.generation,
+            "uptime_s": round(now - self.started_at, 1),
+            "backend": scoring.BACKEND,
+            "ready": self.ready,
+            "workers": 1,
+            "config": rt.cfg.source,
+            "regions": regions,
+            "decisions": dict(self.recent.decisions),
+            "spills": self.recent.spills(),
+        }
+
+    def explain(
+        self,
+        ip_text: str,
+        budget_ms: float | None,
+        certs: str | None,
+        residency: str | None,
+        model: str | None,
+    ) -> dict[str, Any]:
+        """The ``gslb route`` answer for live state; raises ValueError for bad input."""
+        from gslb.clientip import parse_ip
+        from gslb.explain import decision_document
+
+        rt = self.runtime
+        ip = parse_ip(ip_text)
+        if ip is None:
+            raise ValueError(f"ip: {ip_text[:64]!r} is not an IP address")
+        location = self.geoip.lookup(ip)
+        headers = {
+            BUDGET_HEADER: None if budget_ms is None else str(budget_ms),
+            CERTS_HEADER: certs,
+            RESIDENCY_HEADER: residency,
+        }
+        facts = facts_from_headers(headers.get, location, rt.cfg, model)
+        decision = rt.router.decide(facts, rt.fleet.snapshot, explain=True)
+        return decision_document(
+            str(ip), location, facts, decision, rt.router.residency_rules(facts)
+        )
+
+
+class _Plane:
+    """The background tasks of one runtime: active checks, load polls, latency learning."""
+
+    def __init__(self, worker: Worker, rt: Runtime) -> None:
+        assert worker.session is not None
+        self.rt = rt
+        self.checker = ActiveChecker(
+            rt.fleet, rt.health, worker.session, clock=worker.clock, rnd=worker.rnd
+        )
+        self.poller = LoadPoller(rt.fleet, worker.session, clock=worker.clock, rnd=worker.rnd)
+        self._learn: asyncio.Task[None] | None = None
+
+    async def start(self, initial: bool) -> None:
+        if initial:  # ready only once the first health round is in
+            await self.checker.run_round(initial=True)
+        self.checker.start()
+        self.poller.start()
+        self._learn = asyncio.create_task(self._learn_service_times(), name="learn")
+
+    async def stop(self) -> None:
+        if self._learn is not None:
+            self._learn.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._learn
+        await self.checker.stop()
+        await self.poller.stop()
+
+    async def _learn_service_times(self) -> None:
+        """Correct each region's modeled service time from observed durations (docs/health.md)."""
+        rt = self.rt
+        while True:
+            await asyncio.sleep(LEARN_INTERVAL_S)
+            for i in range(len(rt.fleet.regions)):
+                observed = rt.health.service_ms_correction(i)
+                if observed is not None:
+                    rt.router.set_service_ms(i, observed)
+
+
+def listener_tls(cfg: Config) -> ssl.SSLContext | None:
+    """TLS for the public listener, when configured; a bad file is a ConfigError."""
+    s = cfg.server
+    if not s.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(s.tls_cert, s.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("server.tls_cert", f"cannot load {s.tls_cert}: {exc}") from None
+    return ctx
 
 
 # --------------------------------------------------------------------------- processes
@@ -172,63 +342,3 @@ def install_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-async def _run_worker(cfg: Config, sock: socket.socket | None, ready: Callable[[], None]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    worker = Worker(cfg, sock=sock)
-    await worker.start()
-    ready()
-    log.info("worker %d serving on %s", os.getpid(), cfg.server.listen)
-    await stop.wait()
-    log.info("worker %d draining (grace %.0fs)", os.getpid(), cfg.server.shutdown_grace_s)
-    await worker.stop()
-
-
-def serve(cfg: Config, workers: int | None = None) -> int:
-    """Run ``workers`` processes until SIGTERM/SIGINT. Returns an exit status."""
-    install_uvloop()
-    n = workers or cfg.server.workers
-    host, port = cfg.server.listen.host, cfg.server.listen.port
-    if n == 1:
-        sock = bind_reuseport(host, port)
-        asyncio.run(_run_worker(cfg, sock, lambda: None))
-        return 0
-    children: list[int] = []
-    for _ in range(n):
-        pid = os.fork()
-        if pid == 0:  # child: its own socket, its own loop
-            code = 0
-            try:
-                sock = bind_reuseport(host, port)
-                asyncio.run(_run_worker(cfg, sock, lambda: None))
-            except BaseException:
-                log.exception("worker failed")
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or (1 if os.waitstatus_to_exitcode(code) else 0)
-    return status
-
-
-def main_serve(cfg: Config, workers: int | None, path: str = "") -> int:
-    try:
-        return serve(cfg, workers)
-    except OSError as exc:
-        print(f"gslb: cannot listen on {cfg.server.listen}: {exc}", file=sys.stderr)
-        return 1

@@ -57,7 +57,7 @@ async def relay_websocket(
                 autoping=True,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            proxy._report(ep, Outcome.CONNECT_ERROR)
+            proxy._report(rt, ep, Outcome.CONNECT_ERROR)
             log.info("request %s: websocket upstream %s failed: %s", st.request_id, ep.url, exc)
             continue
         rt.fleet.acquire(ep)
@@ -68,7 +68,7 @@ async def relay_websocket(
             await client.prepare(request)
             st.status = 101
             await _pump_both(client, upstream)
-            proxy._report(ep, Outcome.SUCCESS)
+            proxy._report(rt, ep, Outcome.SUCCESS)
             return client
         finally:
             rt.fleet.release(ep)

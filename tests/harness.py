@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from gslb.admin import Admin
 from gslb.config import Config, parse_toml
+from gslb.control import LocalControl
 from gslb.fakeregion import FakeRegion, FakeRegionOptions
 from gslb.geoip import GeoIP
 from gslb.observe import RequestRecord
@@ -83,7 +85,7 @@ class Upstream:
         app.router.add_get("/pump", self._pump)
         app.router.add_get("/gzip", self._gzip)
         app.router.add_route("*", "/{tail:.*}", self._any)
-        self.runner = web.AppRunner(app, handler_cancellation=True)
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
@@ -153,7 +155,9 @@ class Stack:
     client: aiohttp.ClientSession
     recorder: Recorder
     tmp: Path
-    cleanups: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    admin_url: str = ""
+    config_path: Path | None = None
+    control: LocalControl | None = None
 
     @property
     def url(self) -> str:
@@ -190,12 +194,15 @@ async def stack(
     health: bool = False,
     seed: int = 1,
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"),
+    admin_token: str | None = None,
+    access_log: str = "off",
 ) -> AsyncIterator[Stack]:
     """Start every region of ``regions`` (default: the shared test fleet) and a gslb worker.
 
     Regions named in ``scripted`` get an ``Upstream`` instead of a ``FakeRegion``.
     ``endpoints`` gives a region more than one fake endpoint.
     """
+    tmp.mkdir(parents=True, exist_ok=True)
     mmdb = tmp / "world.mmdb"
     write_world_mmdb(str(mmdb))
     fakes: dict[str, FakeRegion] = {}
@@ -218,6 +225,9 @@ async def stack(
             fakes[key] = fake
             urls[name].append(fake.url)
     header = f"""
+[log]
+access = "{access_log}"
+
 [geoip]
 database = "{mmdb}"
 trusted_proxies = {list(trusted)!r}
@@ -225,7 +235,10 @@ trusted_proxies = {list(trusted)!r}
 """
     # Extra sections (TOML tables) first, then the regions and residency rules.
     text = header + fleet_toml(urls=urls, regions=regions, region_extra=region_extra)
-    cfg = parse_toml(text.replace("'", '"'), "e2e.toml")
+    text = text.replace("'", '"')
+    config_path = tmp / "gslb.toml"
+    config_path.write_text(text)
+    cfg = parse_toml(text, str(config_path))
     recorder = Recorder()
     worker = Worker(
         cfg,
@@ -235,12 +248,23 @@ trusted_proxies = {list(trusted)!r}
         health=health,
     )
     await worker.start("127.0.0.1", 0)
+    control = LocalControl(worker, str(config_path))
+    admin = Admin(control, admin_token)
+    admin_runner = web.AppRunner(admin.app(), access_log=None)
+    await admin_runner.setup()
+    admin_site = web.TCPSite(admin_runner, "127.0.0.1", 0)
+    await admin_site.start()
+    admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client = aiohttp.ClientSession(auto_decompress=False)
     st = Stack(worker, cfg, fakes, upstreams, client, recorder, tmp)
+    st.admin_url = f"http://127.0.0.1:{admin_port}"
+    st.config_path = config_path
+    st.control = control
     try:
         yield st
     finally:
         await client.close()
+        await admin_runner.cleanup()
         await worker.stop()
         for fake in fakes.values():
             await fake.stop()
