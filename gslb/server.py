@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
