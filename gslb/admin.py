@@ -60,18 +60,9 @@ class Admin:
     # -- reads ------------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:
-        from gslb.statuspage import render_status_page
+        from gslb.statuspage import handle_status_page
 
-        return web.Response(
-            text=render_status_page(),
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                # The page is self-contained: nothing may load from anywhere else.
-                "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
-                "style-src 'unsafe-inline'; img-src 'self' data:",
-            },
-        )
+        return await handle_status_page(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
