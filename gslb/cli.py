@@ -117,6 +117,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gslb.demo import embedded_config, run_demo, with_ports
+    from gslb.server import install_uvloop
+
+    cfg = _load(args.config) if args.config else embedded_config()
+    cfg = with_ports(cfg, args.listen, args.admin_listen, args.region_port_base)
+    install_uvloop()
+    try:
+        asyncio.run(run_demo(cfg))
+    except OSError as exc:
+        print(f"gslb: demo could not start: {exc} (is another demo running?)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_fake_region(args: argparse.Namespace) -> int:
     from gslb.fakeregion import main_from_args
 
@@ -153,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--config", required=True)
     wk.add_argument("--control", required=True)
     wk.set_defaults(func=cmd_worker)
+
+    dm = sub.add_parser("demo", help="run gslb on simulated regions (the embedded demo)")
+    dm.add_argument("--config", default=None, help="demo config (default: the embedded one)")
+    dm.add_argument("--listen", default=None, help="HOST:PORT for the proxy")
+    dm.add_argument("--admin-listen", default=None, help="HOST:PORT for the admin listener")
+    dm.add_argument("--region-port-base", type=int, default=None, help="first fake-region port")
+    dm.set_defaults(func=cmd_demo)
 
     from gslb.fakeregion import add_arguments
 
