@@ -99,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gslb.supervisor import serve
 
     cfg = _load(args.config)
+    if args.log_level is None:
+        logging.getLogger().setLevel(cfg.log.level.upper())
     try:  # fail fast, before starting workers, on a broken GeoIP database
         GeoIP(cfg.geoip.database, cache_size=0).close()
     except GeoIPError as exc:
@@ -142,7 +144,12 @@ def cmd_fake_region(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gslb", description="Geo-aware global load balancer")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: log.level from the config for serve, else warning",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check-config", help="validate a config file (exit 0 or 2)")
@@ -190,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, (args.log_level or "warning").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

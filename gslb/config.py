@@ -29,6 +29,7 @@ LATENCY_MODELS = ("geodesic", "timezone")
 UNKNOWN_LOCATION = ("edge", "deny")
 LOAD_KINDS = ("vllm", "sglang", "tgi", "json", "none")
 CLIENT_IP_LOGGING = ("truncated", "none", "full")
+FORWARDED_HEADERS = ("auto", "x-forwarded-for", "forwarded")
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,10 @@ class GeoIPConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     edge_location: tuple[float, float] = (40.71, -74.01)
     cache_size: int = 65536
+    # Which forwarding header trusted proxies set: "auto" prefers RFC 7239 Forwarded when it
+    # carries for=, else X-Forwarded-For. Name the one your proxies write, so a client cannot
+    # slip the other one past a proxy that only appends to its own.
+    forwarded_header: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +453,9 @@ def _geoip(t: _Table) -> GeoIPConfig:
         trusted_proxies=t.get("trusted_proxies", _list(_cidr), d.trusted_proxies),
         edge_location=t.get("edge_location", _latlon, d.edge_location),
         cache_size=t.get("cache_size", _ranged(_int, 0), d.cache_size),
+        forwarded_header=t.get(
+            "forwarded_header", _choice(FORWARDED_HEADERS), d.forwarded_header
+        ),
     )
     t.done()
     return cfg

@@ -169,6 +169,7 @@ class Proxy:
             request.headers.getall("X-Forwarded-For", ()),
             request.headers.getall("Forwarded", ()),
             rt.trusted,
+            source=cfg.geoip.forwarded_header,  # type: ignore[arg-type]
         )
         location = self.geoip.lookup(ip)
         st.country = location.country if location else None

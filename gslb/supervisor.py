@@ -126,8 +126,8 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sockets[i])
         self.procs[i] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gslb", "_worker", "--config", self.path,
-            "--control", self.sockets[i],
+            sys.executable, "-m", "gslb", "--log-level", self.cfg.log.level, "_worker",
+            "--config", self.path, "--control", self.sockets[i],
         )  # fmt: skip
 
     async def wait_ready(self, control: RemoteControl) -> None:
