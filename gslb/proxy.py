@@ -27,7 +27,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gslb.clientip import client_ip, truncate_ip
+from gslb.clientip import client_ip, parse_ip, truncate_ip
 from gslb.fleet import EndpointState, Outcome
 from gslb.geo import Location
 from gslb.geoip import GeoIP
@@ -482,8 +482,6 @@ def _refuse_proxy_forms(request: web.Request) -> None:
 
 
 def _peer_trusted(rt: Runtime, peer: str | None) -> bool:
-    from gslb.clientip import parse_ip
-
     ip = parse_ip(peer) if peer else None
     return ip is not None and ip in rt.trusted
 
