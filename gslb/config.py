@@ -453,9 +453,7 @@ def _geoip(t: _Table) -> GeoIPConfig:
         trusted_proxies=t.get("trusted_proxies", _list(_cidr), d.trusted_proxies),
         edge_location=t.get("edge_location", _latlon, d.edge_location),
         cache_size=t.get("cache_size", _ranged(_int, 0), d.cache_size),
-        forwarded_header=t.get(
-            "forwarded_header", _choice(FORWARDED_HEADERS), d.forwarded_header
-        ),
+        forwarded_header=t.get("forwarded_header", _choice(FORWARDED_HEADERS), d.forwarded_header),
     )
     t.done()
     return cfg

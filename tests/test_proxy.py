@@ -455,6 +455,12 @@ async def test_hostile_requests_get_4xx_and_never_reach_another_host(tmp_path: P
             status = int(out.split(b" ", 2)[1])
             assert 400 <= status < 500, (data[:40], out[:200])
             assert b"Traceback" not in out
+        # Host-looking paths and Host headers never pick the upstream: the region's does.
+        for path in ("//evil.example/steal", "/@evil.example/x", "/..//evil.example"):
+            async with s.request(
+                "GET", path, NEW_YORK, headers={"Host": "evil.example:80"}
+            ) as resp:
+                assert resp.headers["X-Fake-Region"] == "us-east"
         # Still serving afterwards.
         async with s.request("GET", "/v1/models", NEW_YORK) as resp:
             assert resp.status == 200
