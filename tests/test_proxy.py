@@ -488,3 +488,36 @@ async def test_request_ids_are_created_and_bad_ones_replaced(tmp_path: Path) -> 
         assert rid and " " not in rid
         assert dict((k.lower(), v) for k, v in doc["headers"])["x-request-id"] == rid
         assert json.dumps(doc)  # well-formed
+
+
+async def test_no_upstream_connection_leaks_on_error_paths(tmp_path: Path) -> None:
+    async with stack(
+        tmp_path,
+        scripted=("us-east", "ca-central", "us-west"),
+        extra="[proxy]\nttft_timeout_s = 0.2",
+    ) as s:
+        ups = s.upstreams
+        scenarios = ["503", "hang", "abort-after-first", "ok"]
+        for mode in scenarios:
+            for up in ups.values():
+                up.mode = mode
+            for _ in range(3):
+                try:
+                    async with s.request("GET", "/x", NEW_YORK) as r:
+                        await r.read()
+                except aiohttp.ClientPayloadError:
+                    pass  # the aborted stream, as designed
+        # A client that leaves mid-request, too.
+        for up in ups.values():
+            up.mode = "hang"
+        task = asyncio.create_task(s.request("GET", "/x", NEW_YORK).__aenter__())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        session = s.worker.session
+        assert session is not None
+        connector = session.connector
+        assert connector is not None
+        await wait_until(lambda: not connector._acquired)  # every response was released
+        fleet = s.worker.runtime.fleet
+        assert all(r.inflight == 0 for r in fleet.regions)
