@@ -72,14 +72,18 @@ def with_ports(
 
 
 def fake_options(cfg: Config) -> dict[str, FakeRegionOptions]:
-    """One fake server per endpoint, with the region's capacity split over its endpoints."""
+    """One fake server per endpoint, with the region's capacity split over its endpoints.
+
+    The split is exact (8 over 3 endpoints is 3, 3, 2), so the slots gslb believes a region
+    has are the slots its servers really have.
+    """
     out = {}
     for region in cfg.regions:
-        slots = max(1, region.capacity // len(region.endpoints))
-        for ep in region.endpoints:
+        share, extra = divmod(region.capacity, len(region.endpoints))
+        for j, ep in enumerate(region.endpoints):
             out[ep.url] = FakeRegionOptions(
                 name=region.name,
-                slots=slots,
+                slots=max(1, share + (1 if j < extra else 0)),
                 tokens_per_s=25.0,
                 max_tokens_default=24,
                 model=MODEL,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,27 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_block
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_block(n: int) -> int:
-    """A base port with ``n`` consecutive free ports after it."""
-    rnd = random.Random(os.getpid())
-    for _ in range(200):
-        base = rnd.randrange(20000, 60000 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 60) -> str:
