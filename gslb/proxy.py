@@ -460,7 +460,8 @@ class Proxy:
             country=st.country,
             client=st.client,
             error=st.error,
-            retries=st.retries,
+            # A failed attempt is a retry only when another attempt followed it.
+            retries=st.retries[: max(0, st.attempts - 1)],
             spilled_from=st.spilled_from,
         )
         try:

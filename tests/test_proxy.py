@@ -175,6 +175,8 @@ async def test_last_attempt_timeout_is_504(tmp_path: Path) -> None:
         async with s.request("GET", "/x", NEW_YORK) as resp:
             assert resp.status == 504
             assert (await resp.json())["error"] == "upstream_timeout"
+        rec = s.recorder.records[-1]
+        assert (rec.attempts, rec.retries) == (1, ())  # a failure with no retry after it
 
 
 async def test_no_retry_after_commit(tmp_path: Path) -> None:
