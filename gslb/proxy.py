@@ -16,6 +16,7 @@ without a terminating chunk, so the client can tell a truncated stream from a co
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import time
@@ -39,6 +40,7 @@ from gslb.runtime import Runtime
 log = logging.getLogger("gslb.proxy")
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 NO_BODY_STATUS = frozenset({204, 304})
 READ_CHUNK = 65536
 
@@ -129,6 +131,7 @@ class Proxy:
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
         self._rid_prefix = secrets.token_hex(4)
+        self._fd_warned_at = -1e9
         self._rid_counter = 0
 
     # -- entry point ----------------------------------------------------------------------------
@@ -147,12 +150,25 @@ class Proxy:
         except asyncio.CancelledError:
             st.status, st.error = 499, "client_closed"
             raise
+        except ConnectionResetError:  # the client went away while we wrote to it
+            _cut(request)
+            _client_gone(st)
+            return st.response or web.Response(status=499)
         except Exception:  # never a traceback to a client
             log.exception("internal error on request %s", rid)
             st.status, st.error = 500, "internal_error"
             return error_response(GslbError(500, "internal_error", "internal error"), rid)
         finally:
             self._record(request, st)
+
+    def _warn_out_of_files(self) -> None:
+        now = self.clock()
+        if now - self._fd_warned_at >= 10.0:  # at most one line per 10 s
+            self._fd_warned_at = now
+            log.error(
+                "out of file descriptors: raise the open-files limit (ulimit -n) or lower "
+                "server.max_connections; requests get 503 meanwhile"
+            )
 
     def _new_request_id(self) -> str:
         self._rid_counter += 1
@@ -318,7 +334,18 @@ class Proxy:
                     )
             except TimeoutError:
                 raise _UpstreamFailed(Outcome.TIMEOUT, "timeout") from None
-            except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError):
+            except aiohttp.ClientConnectorError as exc:
+                if exc.os_error.errno in _OUT_OF_FILES:
+                    # Our own resource limit, not the upstream's fault: no health penalty.
+                    self._warn_out_of_files()
+                    raise GslbError(
+                        503,
+                        "overloaded",
+                        "the proxy is at its connection limit",
+                        {"Retry-After": "1"},
+                    ) from None
+                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
+            except aiohttp.ServerTimeoutError:
                 raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
             except aiohttp.ClientError as exc:
                 if body.overflow:  # our own limit stopped the upload, not the upstream
@@ -372,23 +399,51 @@ class Proxy:
             if cfg.expose_route_headers
             else ()
         )
-        response = web.StreamResponse(
-            status=status,
-            reason=upstream.reason,
-            headers=downstream_headers(
-                upstream.headers, request_id=st.request_id, via=cfg.via, route=route_headers
-            ),
+        headers = downstream_headers(
+            upstream.headers, request_id=st.request_id, via=cfg.via, route=route_headers
         )
         st.status = status
-        st.response = response
-        await response.prepare(request)
-        if no_body:
-            await response.write_eof()
-            return _status_outcome(status)
+        content = upstream.content
+        try:
+            if not no_body and content.at_eof():
+                # The whole body came with the first read: one response, one write.
+                st.response = web.Response(
+                    status=status, reason=upstream.reason, headers=headers, body=first
+                )
+                await st.response.prepare(request)
+                await st.response.write_eof()
+                st.bytes_out += len(first)
+            else:
+                st.response = web.StreamResponse(
+                    status=status, reason=upstream.reason, headers=headers
+                )
+                await st.response.prepare(request)
+                if not no_body:
+                    return await self._stream(request, rt, ep, upstream, first, sent_at, st)
+                await st.response.write_eof()
+        except ConnectionResetError:
+            _cut(request)  # closing already; make sure nothing more is attempted on it
+            return _client_gone(st)
+        rt.health.on_duration(ep.region, self.clock() - sent_at)
+        return _status_outcome(status)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        ep: EndpointState,
+        upstream: aiohttp.ClientResponse,
+        first: bytes,
+        sent_at: float,
+        st: _Attempt,
+    ) -> Outcome:
+        """Relay a committed body chunk by chunk; ``idle_timeout_s`` bounds every silence."""
+        response = st.response
+        assert response is not None
         if first:
             await response.write(first)
             st.bytes_out += len(first)
-        idle = cfg.idle_timeout_s
+        idle = rt.cfg.proxy.idle_timeout_s
         content = upstream.content
         while True:
             try:
@@ -410,7 +465,7 @@ class Proxy:
             st.bytes_out += len(chunk)
         await response.write_eof()
         rt.health.on_duration(ep.region, self.clock() - sent_at)
-        return _status_outcome(status)
+        return _status_outcome(upstream.status)
 
     async def _stream_body(self, body: Body, limit: int, st: _Attempt) -> AsyncIterator[bytes]:
         """The buffered prefix, then the rest of the client's body as it arrives."""
@@ -542,6 +597,12 @@ def _status_outcome(status: int) -> Outcome:
     if status >= 500:
         return Outcome.HTTP_5XX
     return Outcome.SUCCESS
+
+
+def _client_gone(st: _Attempt) -> Outcome:
+    """The client hung up while we wrote to it: 499, nothing wrong with the upstream."""
+    st.status, st.error = 499, "client_closed"
+    return Outcome.CANCELLED
 
 
 def _cut(request: web.Request) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import resource
 import socket
 import ssl
 import time
@@ -331,6 +332,29 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def raise_fd_limit(cfg: Config) -> None:
+    """Lift the soft open-files limit to the hard one; warn when it is still too low.
+
+    Each proxied connection holds two descriptors (client and upstream), so
+    ``server.max_connections`` needs about twice as many, plus health and load pollers.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    need = 2 * cfg.server.max_connections + 64 + 2 * sum(len(r.endpoints) for r in cfg.regions)
+    if soft < need:
+        log.warning(
+            "open-files limit %d is below the %d that server.max_connections = %d needs; "
+            "raise it (ulimit -n) or lower max_connections",
+            soft,
+            need,
+            cfg.server.max_connections,
+        )
 
 
 def install_uvloop() -> None:

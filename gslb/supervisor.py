@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from aiohttp import web
 from gslb.admin import Admin, load_token
 from gslb.config import Config, ConfigError, HostPort, load_config
 from gslb.control import LocalControl, RemoteControl, control_app
-from gslb.server import Worker, bind_reuseport, install_uvloop
+from gslb.server import Worker, bind_reuseport, install_uvloop, raise_fd_limit
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -60,9 +61,18 @@ def _signals(stop: asyncio.Event, on_hup: object = None, on_usr1: object = None)
 # --------------------------------------------------------------------------- one process
 
 
+def settle_heap() -> None:
+    """After start-up: move long-lived objects out of the cyclic GC's way (fewer, shorter
+    collections on the request path)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_single(cfg: Config, path: str, sock: socket.socket) -> None:
+    raise_fd_limit(cfg)
     worker = Worker(cfg, sock=sock)
     await worker.start()
+    settle_heap()
     control = LocalControl(worker, path)
     admin = Admin(control, load_token(cfg.admin))
     admin_runner = await start_admin(admin, cfg.server.admin_listen)
@@ -95,9 +105,11 @@ async def run_single(cfg: Config, path: str, sock: socket.socket) -> None:
 async def run_worker_process(path: str, control_sock: str) -> None:
     """The body of ``gslb _worker``: one data-plane process under a supervisor."""
     cfg = load_config(path)
+    raise_fd_limit(cfg)
     listen = cfg.server.listen
     worker = Worker(cfg, sock=bind_reuseport(listen.host, listen.port))
     await worker.start()
+    settle_heap()
     runner = web.AppRunner(control_app(LocalControl(worker, path)), access_log=None)
     await runner.setup()
     await web.UnixSite(runner, control_sock).start()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gslb.fakeregion import FakeRegionOptions
 from tests.harness import (
@@ -523,3 +524,40 @@ async def test_no_upstream_connection_leaks_on_error_paths(tmp_path: Path) -> No
         await wait_until(lambda: not connector._acquired)  # every response was released
         fleet = s.worker.runtime.fleet
         assert all(r.inflight == 0 for r in fleet.regions)
+
+
+async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level("INFO")
+    async with stack(tmp_path) as s:
+        # 1. The usual way: the client's connection drops while gslb waits on the upstream.
+        for _ in range(2):
+            resp = await s.request("GET", "/download?bytes=50000000&chunk=65536", NEW_YORK)
+            await resp.content.readexactly(65536)
+            resp.connection.transport.abort()  # type: ignore[union-attr]  # gone, no goodbye
+            resp.close()
+        await wait_until(lambda: len(s.recorder.records) == 2)
+        # 2. The race under load: upstream data and the client's reset arrive together, so
+        # gslb's write hits the closing transport before the cancellation lands.
+        original = web.StreamResponse.write
+        calls = {"n": 0}
+
+        async def write(self: web.StreamResponse, data: bytes) -> None:
+            if "X-GSLB-Region" in self.headers:  # gslb's response, not the fake upstream's
+                calls["n"] += 1
+            if calls["n"] > 2:
+                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+            await original(self, data)
+
+        monkeypatch.setattr(web.StreamResponse, "write", write)
+        async with s.request("GET", "/sse?events=5&interval_ms=20", NEW_YORK) as resp:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(resp.read(), 10)
+        await wait_until(lambda: len(s.recorder.records) == 3)
+        assert [r.status for r in s.recorder.records] == [499, 499, 499]
+        await wait_until(lambda: s.worker.runtime.fleet.regions[0].inflight == 0)
+        assert s.worker.runtime.fleet.regions[0].endpoints[0].consecutive_failures == 0
+    # gslb's own loggers (the fake upstream may complain about its own broken pipe).
+    ours = [r for r in caplog.records if r.name.startswith("gslb.") and "fake" not in r.name]
+    assert not [r for r in ours if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
