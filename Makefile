@@ -39,9 +39,15 @@ pytest: build
 loadtest: build
 	$(PY) benchmarks/loadtest.py $(LOADTEST_ARGS)
 
+# Benchmarks: the scoring kernel, then the proxy path side by side with nginx (results:
+# benchmarks/RESULTS.md). Installs nginx, its GeoIP2 module and wrk (Debian, as root) when
+# missing; on a usual Debian host installing nginx also starts a system nginx on port 80.
 bench: build
+	@command -v nginx >/dev/null && command -v wrk >/dev/null \
+	  && test -e /usr/lib/nginx/modules/ngx_http_geoip2_module.so \
+	  || { apt-get update && apt-get install -y nginx libnginx-mod-http-geoip2 wrk; }
 	$(PY) benchmarks/bench_scoring.py
-	$(PY) benchmarks/bench_proxy.py
+	$(PY) benchmarks/bench_proxy.py --profile-dir benchmarks/profile
 
 clean:
 	rm -rf build gslb/*.so gslb/_scoring.c .mypy_cache .pytest_cache .ruff_cache
