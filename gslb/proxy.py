@@ -318,8 +318,10 @@ class Proxy:
         deadline = asyncio.get_running_loop().time() + cfg.ttft_timeout_s
         fleet.acquire(ep)
         outcome = Outcome.CANCELLED
+        upstream: aiohttp.ClientResponse | None = None
         try:
             try:
+                # One deadline for the whole commit window: headers and the first body chunk.
                 async with asyncio.timeout_at(deadline):
                     upstream = await self.session.request(
                         request.method,
@@ -328,12 +330,14 @@ class Proxy:
                         data=data,
                         allow_redirects=False,
                         ssl=rt.upstream_ssl[ep.region],
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, sock_connect=cfg.connect_timeout_s
-                        ),
+                        timeout=rt.upstream_timeout,
                     )
+                    first, no_body = await self._first_chunk(request, rt, upstream, st)
+            except aiohttp.ConnectionTimeoutError:
+                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
             except TimeoutError:
-                raise _UpstreamFailed(Outcome.TIMEOUT, "timeout") from None
+                reason = "timeout" if upstream is None else "ttft_timeout"
+                raise _UpstreamFailed(Outcome.TIMEOUT, reason) from None
             except aiohttp.ClientConnectorError as exc:
                 if exc.os_error.errno in _OUT_OF_FILES:
                     # Our own resource limit, not the upstream's fault: no health penalty.
@@ -345,55 +349,51 @@ class Proxy:
                         {"Retry-After": "1"},
                     ) from None
                 raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
-            except aiohttp.ServerTimeoutError:
-                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
             except aiohttp.ClientError as exc:
                 if body.overflow:  # our own limit stopped the upload, not the upstream
                     raise GslbError(
                         413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes"
                     ) from None
-                raise _UpstreamFailed(Outcome.CONNECT_ERROR, _short(exc)) from None
-            try:
-                outcome = await self._relay(request, rt, ep, upstream, deadline, sent_at, st)
-            finally:
-                upstream.release()
+                failure = Outcome.CONNECT_ERROR if upstream is None else Outcome.ABORT
+                raise _UpstreamFailed(failure, _short(exc)) from None
+            ttfb = self.clock() - sent_at
+            st.ttfb_s = ttfb
+            rt.health.on_ttfb(ep.region, ttfb)
+            outcome = await self._commit(request, rt, ep, upstream, first, no_body, sent_at, st)
             assert st.response is not None
             return st.response
         finally:  # a failure before commit is reported by the retry loop instead
+            if upstream is not None:
+                upstream.release()
             fleet.release(ep)
             if outcome is not Outcome.CANCELLED:
                 self._report(rt, ep, outcome)
 
-    async def _relay(
+    async def _first_chunk(
+        self, request: web.Request, rt: Runtime, upstream: aiohttp.ClientResponse, st: _Attempt
+    ) -> tuple[bytes, bool]:
+        """Inside the commit window: refuse a retryable status, wait for the first bytes."""
+        status = upstream.status
+        if status in RETRYABLE_STATUS and st.attempts < rt.cfg.routing.max_attempts:
+            raise _UpstreamFailed(Outcome.HTTP_5XX, f"http_{status}", status)
+        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
+        first = b"" if no_body else await upstream.content.readany()
+        return first, no_body
+
+    async def _commit(
         self,
         request: web.Request,
         rt: Runtime,
         ep: EndpointState,
         upstream: aiohttp.ClientResponse,
-        deadline: float,
+        first: bytes,
+        no_body: bool,
         sent_at: float,
         st: _Attempt,
     ) -> Outcome:
-        """Wait for the first byte, commit, then stream. Returns the outcome for health."""
+        """Send status and headers to the client, then the body. Returns the outcome."""
         cfg = rt.cfg.proxy
         status = upstream.status
-        replayable_left = st.attempts < rt.cfg.routing.max_attempts
-        if status in RETRYABLE_STATUS and replayable_left:
-            raise _UpstreamFailed(Outcome.HTTP_5XX, f"http_{status}", status)
-        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
-        first = b""
-        if not no_body:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    first = await upstream.content.readany()
-            except TimeoutError:
-                raise _UpstreamFailed(Outcome.TIMEOUT, "ttft_timeout") from None
-            except aiohttp.ClientError as exc:
-                raise _UpstreamFailed(Outcome.ABORT, _short(exc)) from None
-        ttfb = self.clock() - sent_at
-        st.ttfb_s = ttfb
-        rt.health.on_ttfb(ep.region, ttfb)
-        # Commit: from here on the client has our status line and headers.
         route_headers = (
             ((cfg.region_header, rt.fleet.regions[ep.region].name), (cfg.route_header, st.route))
             if cfg.expose_route_headers
@@ -443,13 +443,12 @@ class Proxy:
         if first:
             await response.write(first)
             st.bytes_out += len(first)
-        idle = rt.cfg.proxy.idle_timeout_s
         content = upstream.content
         while True:
             try:
-                async with asyncio.timeout(idle):
-                    chunk = await content.readany()
-            except TimeoutError:
+                # The upstream session's sock_read timeout (idle_timeout_s) bounds each wait.
+                chunk = await content.readany()
+            except aiohttp.ServerTimeoutError:
                 log.warning("request %s: upstream stalled mid-stream; cut", st.request_id)
                 _cut(request)
                 return Outcome.TIMEOUT

@@ -11,6 +11,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
+
 from gslb.clientip import TrustedProxies
 from gslb.config import Config, ConfigError, UpstreamTLSConfig
 from gslb.fleet import EndpointState, FleetState
@@ -44,7 +46,10 @@ class Runtime:
     parse_model: bool  # some region restricts models: read the body's "model" field
     # Per region: True = verify with the system CAs, False = no verification (opt-in),
     # or a context with the region's CA bundle and client certificate (mTLS).
-    upstream_ssl: tuple[ssl.SSLContext | bool, ...] = ()
+    upstream_ssl: tuple[ssl.SSLContext | bool, ...]
+    # Connect time-out, and idle_timeout_s as the bound on every wait for upstream bytes
+    # (the commit window is bounded separately by ttft_timeout_s).
+    upstream_timeout: aiohttp.ClientTimeout
     generation: int = 0
 
 
@@ -76,6 +81,11 @@ def build_runtime(
         health=health,
         parse_model=any(r.models for r in cfg.regions),
         upstream_ssl=upstream_ssl,
+        upstream_timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=cfg.proxy.connect_timeout_s,
+            sock_read=cfg.proxy.idle_timeout_s,
+        ),
         generation=previous.generation + 1 if previous is not None else 0,
     )
 

@@ -561,3 +561,20 @@ async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
     # gslb's own loggers (the fake upstream may complain about its own broken pipe).
     ours = [r for r in caplog.records if r.name.startswith("gslb.") and "fake" not in r.name]
     assert not [r for r in ours if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+
+
+async def test_stalled_stream_after_commit_is_cut_at_idle_timeout(tmp_path: Path) -> None:
+    async with stack(tmp_path, extra="[proxy]\nidle_timeout_s = 0.4\nttft_timeout_s = 5") as s:
+        t0 = time.monotonic()
+        async with s.request("GET", "/headers-then-hang", NEW_YORK) as resp:
+            assert resp.status == 200  # committed: the first chunk arrived
+            first = await resp.content.readany()
+            assert first
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(resp.read(), 10)  # truncated, not a clean end
+        assert 0.35 < time.monotonic() - t0 < 3
+        await wait_until(lambda: bool(s.recorder.records))
+        rec = s.recorder.records[-1]
+        assert rec.attempts == 1 and rec.status == 200  # no retry after commit
+        ep = s.worker.runtime.fleet.regions[0].endpoints[0]
+        assert ep.consecutive_failures == 1  # the stall counts against the upstream
