@@ -642,12 +642,6 @@ standby_hold_down_s = 0
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = await Upstream().start()
     yield up

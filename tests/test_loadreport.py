@@ -280,12 +280,6 @@ class FakeClock:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 async def server() -> AsyncIterator[MetricsServer]:
     srv = await MetricsServer().start()
     yield srv
