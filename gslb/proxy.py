@@ -146,7 +146,7 @@ class Proxy:
             return await self._handle(request, rt, st)
         except GslbError as err:
             st.status, st.error = err.status, err.code
-            return error_response(err, rid)
+            return error_response(err, rid, self._error_headers(rt, st))
         except asyncio.CancelledError:
             st.status, st.error = 499, "client_closed"
             raise
@@ -157,9 +157,21 @@ class Proxy:
         except Exception:  # never a traceback to a client
             log.exception("internal error on request %s", rid)
             st.status, st.error = 500, "internal_error"
-            return error_response(GslbError(500, "internal_error", "internal error"), rid)
+            internal = GslbError(500, "internal_error", "internal error")
+            return error_response(internal, rid, self._error_headers(rt, st))
         finally:
             self._record(request, st)
+
+    @staticmethod
+    def _error_headers(rt: Runtime, st: _Attempt) -> dict[str, str]:
+        """Via, and the route headers when a decision was made, on gslb's own answers too."""
+        cfg = rt.cfg.proxy
+        headers = {"Via": f"1.1 {cfg.via}"}
+        if cfg.expose_route_headers and st.route:
+            headers[cfg.route_header] = st.route
+            if st.region:
+                headers[cfg.region_header] = st.region
+        return headers
 
     def _warn_out_of_files(self) -> None:
         now = self.clock()

@@ -246,4 +246,7 @@ def serve(cfg: Config, path: str, workers: int | None = None) -> int:
     except ConfigError as exc:
         print(f"gslb: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # workers that never became ready
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -416,6 +416,7 @@ async def test_bad_control_header_is_a_json_400(tmp_path: Path) -> None:
             assert resp.status == 400
             doc = await resp.json()
             assert doc["error"] == "bad_request" and "Budget" in doc["message"]
+            assert resp.headers["Via"] == "1.1 gslb" and resp.headers["X-Request-Id"]
 
 
 async def test_residency_header_only_narrows(tmp_path: Path) -> None:
@@ -424,6 +425,8 @@ async def test_residency_header_only_narrows(tmp_path: Path) -> None:
             "GET", "/v1/models", TORONTO, headers={"X-GSLB-Residency": "US"}
         ) as resp:
             assert resp.status == 503  # a Canadian cannot widen to the US
+            assert resp.headers["X-GSLB-Route"] == "no-region"
+            assert "X-GSLB-Region" not in resp.headers
         async with s.request(
             "GET", "/v1/models", NEW_YORK, headers={"X-GSLB-Residency": "DE"}
         ) as resp:
