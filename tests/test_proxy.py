@@ -581,3 +581,24 @@ async def test_stalled_stream_after_commit_is_cut_at_idle_timeout(tmp_path: Path
         assert rec.attempts == 1 and rec.status == 200  # no retry after commit
         ep = s.worker.runtime.fleet.regions[0].endpoints[0]
         assert ep.consecutive_failures == 1  # the stall counts against the upstream
+
+
+async def test_an_internal_bug_is_a_json_500_never_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with stack(tmp_path) as s:
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("secret internal detail")
+
+        monkeypatch.setattr(s.worker.runtime.router, "decide", broken)
+        async with s.request("GET", "/v1/models", NEW_YORK) as resp:
+            assert resp.status == 500
+            text = await resp.text()
+        doc = json.loads(text)
+        assert doc["error"] == "internal_error" and doc["request_id"]
+        assert "Traceback" not in text and "secret internal detail" not in text
+        assert s.recorder.records[-1].status == 500
+        monkeypatch.undo()
+        async with s.request("GET", "/v1/models", NEW_YORK) as resp:
+            assert resp.status == 200  # and the worker keeps serving
