@@ -346,3 +346,34 @@ async def test_slow_headers_and_connection_cap(tmp_path: Path) -> None:
         await asyncio.sleep(0.1)
         async with s.request("GET", "/v1/models", NEW_YORK) as r:
             assert r.status == 200
+
+
+async def test_listener_certificate_is_reloaded(tmp_path: Path) -> None:
+    ca1, ca2 = make_ca(tmp_path, "ca-one"), make_ca(tmp_path, "ca-two")
+    cert1, key1 = make_leaf(tmp_path, "edge-one", ca1)
+    cert2, key2 = make_leaf(tmp_path, "edge-two", ca2)
+    extra = f'[server]\ntls_cert = "{cert1}"\ntls_key = "{key1}"\n[admin]\ntoken_env = ""\n'
+    async with stack(tmp_path / "s", extra=extra, admin_token="tok") as s:
+        url = f"https://127.0.0.1:{s.worker.port}/v1/models"
+        trust1 = ssl.create_default_context(cafile=str(ca1[0]))
+        trust2 = ssl.create_default_context(cafile=str(ca2[0]))
+        headers = {"X-Forwarded-For": NEW_YORK}
+        async with aiohttp.ClientSession() as c:
+            async with c.get(url, ssl=trust1, headers=headers) as r:
+                assert r.status == 200
+            assert s.config_path is not None
+            text = s.config_path.read_text()
+            s.config_path.write_text(
+                text.replace(str(cert1), str(cert2)).replace(str(key1), str(key2))
+            )
+            async with c.post(
+                s.admin_url + "/reload", headers={"Authorization": "Bearer tok"}
+            ) as r:
+                assert r.status == 200
+        # New handshakes present the new certificate (fresh sessions: no pooled connection).
+        async with aiohttp.ClientSession() as c:
+            async with c.get(url, ssl=trust2, headers=headers) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with c.get(url, ssl=trust1, headers=headers):
+                    pass
