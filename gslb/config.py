@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -759,8 +759,3 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(p), f"cannot read config: {exc}") from None
     return parse_toml(text, str(p))
-
-
-def with_regions(cfg: Config, regions: tuple[RegionConfig, ...]) -> Config:
-    """A copy of ``cfg`` with other regions (tests and the demo build fleets this way)."""
-    return replace(cfg, regions=regions)

@@ -122,12 +122,16 @@ class Placement:
         return mask
 
     def allowed(self, facts: RequestFacts) -> int:
-        return (
-            self.residency(facts.country)[0]
-            & self.certifications(facts.certifications)
-            & self.model(facts.model)
-            & self.jurisdictions(facts.residency)
-        )
+        """The allowed-region mask; per request, so each narrowing is skipped when absent."""
+        location = facts.location
+        mask = self.all_mask if location is None else self.residency(location.country)[0]
+        if facts.certifications or self.base_certs:
+            mask &= self.certifications(facts.certifications)
+        if facts.model is not None:
+            mask &= self.model(facts.model)
+        if facts.residency is not None:
+            mask &= self.jurisdictions(facts.residency)
+        return mask
 
     # -- explanations (operator path, not per request) --------------------------------------
 

@@ -154,21 +154,9 @@ class Router:
         return decision
 
     def allowed_mask(self, facts: RequestFacts) -> int:
-        placement = self.placement
-        location = facts.location
-        if location is None:
-            if self._deny_unknown:
-                return 0
-            mask = placement.all_mask
-        else:
-            mask = placement.residency(location.country)[0]
-        if facts.certifications or placement.base_certs:
-            mask &= placement.certifications(facts.certifications)
-        if facts.model is not None:
-            mask &= placement.model(facts.model)
-        if facts.residency is not None:
-            mask &= placement.jurisdictions(facts.residency)
-        return mask
+        if facts.location is None and self._deny_unknown:
+            return 0  # routing.unknown_location = "deny"
+        return self.placement.allowed(facts)
 
     def residency_rules(self, facts: RequestFacts) -> tuple[str, ...]:
         """Names of the residency rules that bind this client (for denial metrics)."""
