@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from gslb.config import Config, EndpointConfig, RegionConfig
 from gslb.state import Snapshot
@@ -52,7 +51,6 @@ class EndpointState:
         "ejected_until",
         "ejections",
         "inflight",
-        "key",
         "node",
         "probe_failures",
         "probe_successes",
@@ -71,7 +69,6 @@ class EndpointState:
         self.node = cfg.node
         self.weight = cfg.weight
         self.region = region
-        self.key = cfg.url  # stable identity across reloads
         self.inflight = 0
         self.up = True  # optimistic until the first failed probes: a fresh edge must serve
         self.draining = False
@@ -147,14 +144,6 @@ class RegionState:
         self.refreshed_at = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
-    """An endpoint chosen for one attempt."""
-
-    endpoint: EndpointState
-    region: RegionState
-
-
 class FleetState:
     """Every region and endpoint of one config, and the snapshot the router reads."""
 
@@ -173,9 +162,6 @@ class FleetState:
     def endpoints(self) -> Iterator[EndpointState]:
         for r in self.regions:
             yield from r.endpoints
-
-    def region_of(self, ep: EndpointState) -> RegionState:
-        return self.regions[ep.region]
 
     # -- the per-request path ------------------------------------------------------------------
 

@@ -69,6 +69,3 @@ class LatencyModel:
             for i, ms in self._measured.get(country, ()):
                 out[i] = ms
         return out
-
-    def is_measured(self, country: str | None, index: int) -> bool:
-        return country is not None and any(i == index for i, _ in self._measured.get(country, ()))

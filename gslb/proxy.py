@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gslb.clientip import client_ip, parse_ip, truncate_ip
 from gslb.fleet import EndpointState, Outcome
@@ -229,7 +230,17 @@ class Proxy:
             st.spilled_from = _home_of(rt, facts, decision.order)
         if _is_websocket(request):
             return await self._websocket(request, rt, decision.order, st)
-        return await self._forward(request, rt, decision.order, body, st, peer)
+        headers = upstream_headers(
+            request.headers,
+            peer=peer,
+            peer_trusted=_peer_trusted(rt, peer),
+            proto=request.scheme,
+            host=request.host,
+            request_id=st.request_id,
+            via=cfg.proxy.via,
+            content_length=len(body.data) if body.replayable and body.data else body.length,
+        )
+        return await self._forward(request, rt, decision.order, body, st, headers)
 
     async def _read_body(self, request: web.Request, replay: int, limit: int) -> Body:
         length = request.content_length
@@ -258,8 +269,9 @@ class Proxy:
         order: tuple[int, ...],
         body: Body,
         st: _Attempt,
-        peer: str | None,
+        headers: CIMultiDict[str],
     ) -> web.StreamResponse:
+        """Try the decision's candidates in order (the same upstream headers for each)."""
         cfg = rt.cfg
         max_attempts = cfg.routing.max_attempts
         last: _UpstreamFailed | None = None
@@ -276,7 +288,7 @@ class Proxy:
             st.attempts += 1
             st.region = rt.fleet.regions[region_index].name
             try:
-                return await self._attempt(request, rt, ep, body, st, peer)
+                return await self._attempt(request, rt, ep, body, st, headers)
             except _UpstreamFailed as failed:
                 last = failed
                 self._report(rt, ep, failed.outcome)
@@ -306,20 +318,10 @@ class Proxy:
         ep: EndpointState,
         body: Body,
         st: _Attempt,
-        peer: str | None,
+        headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         cfg = rt.cfg.proxy
         fleet = rt.fleet
-        headers = upstream_headers(
-            request.headers,
-            peer=peer,
-            peer_trusted=_peer_trusted(rt, peer),
-            proto=request.scheme,
-            host=request.host,
-            request_id=st.request_id,
-            via=cfg.via,
-            content_length=len(body.data) if body.replayable and body.data else body.length,
-        )
         url = ep.url + request.raw_path
         data: bytes | AsyncIterator[bytes] | None
         if body.replayable:

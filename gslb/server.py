@@ -193,15 +193,12 @@ class Worker:
 
     def drain(self, draining: bool, target: dict[str, str]) -> dict[str, Any]:
         """Drain or undrain a region, node or endpoint; raises KeyError for unknown targets."""
-        fleet = self.runtime.fleet
-        eps = fleet.set_draining(draining, self.clock(), **target)
-        return {
-            "target": target,
-            "draining": draining,
-            "endpoints": [e.url for e in eps],
-            "inflight": sum(e.inflight for e in eps),
-            "drained": fleet.drained(eps) if draining else False,
-        }
+        rt = self.runtime
+        eps = rt.fleet.set_draining(draining, self.clock(), **target)
+        progress = rt.health.drain_status(eps)
+        if not draining:
+            progress["drained"] = False  # "drained" answers a drain, not an undrain
+        return {"target": target, "draining": draining, **progress}
 
     def status(self) -> dict[str, Any]:
         """This worker's view for ``/status``: config facts plus live health per region."""

@@ -26,6 +26,7 @@ from gslb.geoip import GeoIP
 from gslb.observe import RequestRecord
 from gslb.server import Worker
 from tests.fleet import REGIONS, fleet_toml
+from tests.loopback import serve_app
 from tests.mmdb_fixtures import write_world_mmdb
 
 TORONTO = "1.0.1.10"
@@ -71,12 +72,8 @@ class Upstream:
         self.hits = 0
         self.sent = 0
         self.runner: web.AppRunner | None = None
-        self.port = 0
+        self.url = ""
         self.last_headers: list[tuple[str, str]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         app = web.Application()
@@ -85,11 +82,7 @@ class Upstream:
         app.router.add_get("/pump", self._pump)
         app.router.add_get("/gzip", self._gzip)
         app.router.add_route("*", "/{tail:.*}", self._any)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.url = await serve_app(app, handler_cancellation=True)
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -171,15 +164,6 @@ class Stack:
             headers["X-Forwarded-For"] = ip
         return self.client.request(method, self.url + path, headers=headers, **kw)
 
-    def region_of(self, url: str) -> str:
-        for name, fake in self.fakes.items():
-            if fake.url == url:
-                return name
-        for name, up in self.upstreams.items():
-            if up.url == url:
-                return name
-        raise KeyError(url)
-
 
 @asynccontextmanager
 async def stack(
@@ -250,14 +234,10 @@ trusted_proxies = {list(trusted)!r}
     await worker.start("127.0.0.1", 0)
     control = LocalControl(worker, str(config_path))
     admin = Admin(control, admin_token)
-    admin_runner = web.AppRunner(admin.app(), access_log=None)
-    await admin_runner.setup()
-    admin_site = web.TCPSite(admin_runner, "127.0.0.1", 0)
-    await admin_site.start()
-    admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    admin_runner, admin_url = await serve_app(admin.app())
     client = aiohttp.ClientSession(auto_decompress=False)
     st = Stack(worker, cfg, fakes, upstreams, client, recorder, tmp)
-    st.admin_url = f"http://127.0.0.1:{admin_port}"
+    st.admin_url = admin_url
     st.config_path = config_path
     st.control = control
     try:

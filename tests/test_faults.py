@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from gslb.fakeregion import FakeRegionOptions
 from tests.harness import NEW_YORK, TORONTO, Stack, stack
+from tests.loopback import eventually
 
 FAST = """
 [health]
@@ -32,13 +32,6 @@ standby_hold_down_s = 0.5
 """
 CHAT = {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 CANADA = {"ca-central", "ca-west"}
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def ask(s: Stack, ip: str, path: str = "/v1/models") -> tuple[int, str | None]:
@@ -63,10 +56,10 @@ async def test_killed_region_under_steady_load_moves_traffic(tmp_path: Path) -> 
                 answers[await ask(s, NEW_YORK)] += 1
 
         tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
-        await until(lambda: answers[(200, "us-east")] >= 20)
+        await eventually(lambda: answers[(200, "us-east")] >= 20)
         await s.fakes["us-east"].kill()
         killed_at = sum(answers.values())
-        await until(lambda: sum(answers.values()) >= killed_at + 60)
+        await eventually(lambda: sum(answers.values()) >= killed_at + 60)
         stop.set()
         await asyncio.gather(*tasks)
         errors = sum(n for (code, _), n in answers.items() if code != 200)
@@ -76,7 +69,7 @@ async def test_killed_region_under_steady_load_moves_traffic(tmp_path: Path) -> 
         moved = {region for (code, region) in answers if code == 200 and region != "us-east"}
         assert moved and moved <= {"ca-central", "us-west"}
         region = s.worker.runtime.fleet.regions[0]
-        await until(lambda: not region.routable)  # active checks took it out
+        await eventually(lambda: not region.routable)  # active checks took it out
 
 
 async def test_failing_endpoint_is_ejected_then_readmitted(tmp_path: Path) -> None:
@@ -147,7 +140,7 @@ async def test_node_cordon_takes_siblings_out(tmp_path: Path) -> None:
         sick, sibling, other = (s.fakes[k] for k in ("us-east", "us-east#1", "us-east#2"))
         fleet = s.worker.runtime.fleet
         sick.set_health(503)
-        await until(lambda: not fleet.by_url[sick.url].up)
+        await eventually(lambda: not fleet.by_url[sick.url].up)
         assert fleet.by_url[sibling.url].cordoned(time.monotonic())
         assert "sibling" in fleet.by_url[sibling.url].cordoned_reason
         before = {f.url: f.stats.by_path.get("/v1/models", 0) for f in (sick, sibling, other)}
@@ -177,15 +170,15 @@ async def test_standby_takes_over_and_hands_back_after_hold_down(tmp_path: Path)
         ca = s.fakes["ca-central"]
         assert await ask(s, TORONTO) == (200, "ca-central")
         ca.set_health(503)
-        await until(lambda: not s.worker.runtime.fleet.regions[2].routable)
+        await eventually(lambda: not s.worker.runtime.fleet.regions[2].routable)
         status, region = await ask(s, TORONTO)
         assert (status, region) == (200, "ca-west")
         ca.set_health(200)
-        await until(lambda: s.worker.runtime.fleet.regions[2].routable)
+        await eventually(lambda: s.worker.runtime.fleet.regions[2].routable)
         recovered = time.monotonic()
         # Held down: the standby keeps the traffic for standby_hold_down_s.
         assert await ask(s, TORONTO) == (200, "ca-west")
-        await until(lambda: s.worker.runtime.fleet.snapshot.routable[2] == 1)
+        await eventually(lambda: s.worker.runtime.fleet.snapshot.routable[2] == 1)
         assert time.monotonic() - recovered >= 0.4
         assert await ask(s, TORONTO) == (200, "ca-central")
 
@@ -208,10 +201,10 @@ async def test_canadian_traffic_never_leaves_canada_under_faults(tmp_path: Path)
         s.fakes["ca-central"].set_hang_rate(1.0)  # stalls: retries stay in Canada
         await burst(10)
         await s.fakes["ca-central"].kill()  # dead: standby in Canada
-        await until(lambda: not s.worker.runtime.fleet.regions[2].routable)
+        await eventually(lambda: not s.worker.runtime.fleet.regions[2].routable)
         await burst(10)
         await s.fakes["ca-west"].kill()  # all Canadian capacity gone
-        await until(lambda: not s.worker.runtime.fleet.regions[3].routable)
+        await eventually(lambda: not s.worker.runtime.fleet.regions[3].routable)
         await burst(10)
         served_from = {region for (_, region) in seen if region is not None}
         assert served_from <= CANADA, seen
@@ -239,7 +232,7 @@ async def test_vllm_load_reports_steer_spill(tmp_path: Path) -> None:
                 asyncio.create_task(other_edge.post(fake.url + "/v1/chat/completions", json=body))
                 for _ in range(3)
             ]
-            await until(lambda: s.worker.runtime.fleet.snapshot.load[0] >= 3)
+            await eventually(lambda: s.worker.runtime.fleet.snapshot.load[0] >= 3)
             assert s.worker.runtime.fleet.regions[0].inflight == 0  # all of it reported load
             status, region = await ask(s, NEW_YORK)
             assert status == 200 and region != "us-east"
@@ -249,4 +242,4 @@ async def test_vllm_load_reports_steer_spill(tmp_path: Path) -> None:
             await asyncio.gather(*pending, return_exceptions=True)
         # The reports go stale (the server stops answering): local counts stand alone.
         await fake.kill()
-        await until(lambda: s.worker.runtime.fleet.snapshot.load[0] == 0, timeout=5)
+        await eventually(lambda: s.worker.runtime.fleet.snapshot.load[0] == 0, timeout=5)

@@ -8,7 +8,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -32,6 +32,7 @@ from gslb.health import (
 from gslb.policy import RequestFacts
 from gslb.router import Router
 from tests.fleet import REGIONS
+from tests.loopback import eventually, serve_app
 
 NEW_YORK = Location("US", "NA", 40.71, -74.01)
 FAIL = Outcome.HTTP_5XX
@@ -597,12 +598,7 @@ class Upstream:
     async def start(self) -> Upstream:
         app = web.Application()
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._runner, self.url = await serve_app(app, shutdown_timeout=0.1)
         return self
 
     async def stop(self) -> None:
@@ -616,14 +612,6 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 FAST = """
@@ -668,13 +656,13 @@ async def test_checker_marks_down_after_fall_and_up_after_rise(
     policy.on_event = lambda e: flips.append((e.kind, ep.probe_failures, ep.probe_successes))
     checker.start()
     try:
-        await wait_for(lambda: ep.probe_successes >= 2)
+        await eventually(lambda: ep.probe_successes >= 2)
         assert ep.up
         assert policy.ewma_probe_rtt_ms(0) is not None
         upstream.status = 503
-        await wait_for(lambda: not ep.up)
+        await eventually(lambda: not ep.up)
         upstream.status = 200
-        await wait_for(lambda: ep.up)
+        await eventually(lambda: ep.up)
     finally:
         await checker.stop()
     hits = upstream.hits
@@ -698,7 +686,7 @@ async def test_a_hanging_health_endpoint_fails_by_timeout(
     assert ep.probe_failures == 1
     checker.start()
     try:
-        await wait_for(lambda: not ep.up)
+        await eventually(lambda: not ep.up)
     finally:
         await checker.stop()
 
@@ -737,6 +725,6 @@ async def test_checker_ticker_readmits_ejected_endpoints(
     assert good.ejected(checker.clock())
     checker.start()
     try:
-        await wait_for(lambda: good.state_name(checker.clock()) == "up")
+        await eventually(lambda: good.state_name(checker.clock()) == "up")
     finally:
         await checker.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from gslb.loadreport import (
 from gslb.policy import RequestFacts
 from gslb.router import Router
 from tests.fleet import fleet_config
+from tests.loopback import eventually, serve_app
 
 NEW_YORK = Location("US", "NA", 40.71, -74.01)
 
@@ -258,11 +258,7 @@ class MetricsServer:
     async def start(self) -> MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.url = await serve_app(app, shutdown_timeout=0.1)
         return self
 
     async def stop(self) -> None:
@@ -284,14 +280,6 @@ async def server() -> AsyncIterator[MetricsServer]:
     srv = await MetricsServer().start()
     yield srv
     await srv.stop()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_poll_once_reaches_the_snapshot(
@@ -356,15 +344,15 @@ async def test_poller_loop_and_fallback_after_the_server_stops(
     fleet.acquire(ep)
     poller.start()
     try:
-        await wait_for(lambda: fleet.snapshot.load[0] == 18.0)
-        await wait_for(lambda: server.hits >= 3)  # it keeps polling
+        await eventually(lambda: fleet.snapshot.load[0] == 18.0)
+        await eventually(lambda: server.hits >= 3)  # it keeps polling
         await server.stop()
 
         def fell_back() -> bool:
             policy.tick(time.monotonic())  # what the checker's ticker does
             return fleet.snapshot.load[0] == 1.0
 
-        await wait_for(fell_back)
+        await eventually(fell_back)
     finally:
         await poller.stop()
 

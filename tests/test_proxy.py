@@ -27,16 +27,9 @@ from tests.harness import (
     TORONTO,
     stack,
 )
+from tests.loopback import eventually
 
 CHAT = {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-
-
-async def wait_until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +184,7 @@ async def test_no_retry_after_commit(tmp_path: Path) -> None:
                 await resp.read()
         assert s.upstreams["us-east"].hits == 1
         assert s.upstreams["ca-central"].hits == 0 and s.upstreams["us-west"].hits == 0
-        await wait_until(lambda: bool(s.recorder.records))
+        await eventually(lambda: bool(s.recorder.records))
         assert s.recorder.records[-1].attempts == 1
 
 
@@ -242,9 +235,9 @@ async def test_client_disconnect_cancels_the_upstream(tmp_path: Path) -> None:
         await resp.content.readline()
         assert fake.stats.active == 1
         resp.close()
-        await wait_until(lambda: fake.stats.cancelled == 1 and fake.stats.active == 0)
+        await eventually(lambda: fake.stats.cancelled == 1 and fake.stats.active == 0)
         fleet = s.worker.runtime.fleet
-        await wait_until(lambda: fleet.regions[0].inflight == 0)
+        await eventually(lambda: fleet.regions[0].inflight == 0)
         assert s.recorder.records[-1].status == 499
 
 
@@ -483,7 +476,7 @@ async def test_websocket_pass_through(tmp_path: Path) -> None:
             await ws.send_bytes(b"abc")
             assert (await ws.receive_bytes()) == b"cba"
         fleet = s.worker.runtime.fleet
-        await wait_until(lambda: all(r.inflight == 0 for r in fleet.regions))
+        await eventually(lambda: all(r.inflight == 0 for r in fleet.regions))
 
 
 async def test_request_ids_are_created_and_bad_ones_replaced(tmp_path: Path) -> None:
@@ -524,7 +517,7 @@ async def test_no_upstream_connection_leaks_on_error_paths(tmp_path: Path) -> No
         assert session is not None
         connector = session.connector
         assert connector is not None
-        await wait_until(lambda: not connector._acquired)  # every response was released
+        await eventually(lambda: not connector._acquired)  # every response was released
         fleet = s.worker.runtime.fleet
         assert all(r.inflight == 0 for r in fleet.regions)
 
@@ -540,7 +533,7 @@ async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
             await resp.content.readexactly(65536)
             resp.connection.transport.abort()  # type: ignore[union-attr]  # gone, no goodbye
             resp.close()
-        await wait_until(lambda: len(s.recorder.records) == 2)
+        await eventually(lambda: len(s.recorder.records) == 2)
         # 2. The race under load: upstream data and the client's reset arrive together, so
         # gslb's write hits the closing transport before the cancellation lands.
         original = web.StreamResponse.write
@@ -557,9 +550,9 @@ async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
         async with s.request("GET", "/sse?events=5&interval_ms=20", NEW_YORK) as resp:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(resp.read(), 10)
-        await wait_until(lambda: len(s.recorder.records) == 3)
+        await eventually(lambda: len(s.recorder.records) == 3)
         assert [r.status for r in s.recorder.records] == [499, 499, 499]
-        await wait_until(lambda: s.worker.runtime.fleet.regions[0].inflight == 0)
+        await eventually(lambda: s.worker.runtime.fleet.regions[0].inflight == 0)
         assert s.worker.runtime.fleet.regions[0].endpoints[0].consecutive_failures == 0
     # gslb's own loggers (the fake upstream may complain about its own broken pipe).
     ours = [r for r in caplog.records if r.name.startswith("gslb.") and "fake" not in r.name]
@@ -576,7 +569,7 @@ async def test_stalled_stream_after_commit_is_cut_at_idle_timeout(tmp_path: Path
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(resp.read(), 10)  # truncated, not a clean end
         assert 0.35 < time.monotonic() - t0 < 3
-        await wait_until(lambda: bool(s.recorder.records))
+        await eventually(lambda: bool(s.recorder.records))
         rec = s.recorder.records[-1]
         assert rec.attempts == 1 and rec.status == 200  # no retry after commit
         ep = s.worker.runtime.fleet.regions[0].endpoints[0]
