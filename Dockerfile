@@ -7,9 +7,11 @@
 #       -v $PWD/config/example.toml:/etc/gslb/gslb.toml:ro \
 #       -e GSLB_ADMIN_TOKEN=change-me gslb
 #
-# Ports: 8080 public listener (server.listen), 9901 admin listener (server.admin_listen;
-# metrics, status page, drains: publish it on a private address only). Bind both to 0.0.0.0
-# in the mounted config, since a container's loopback is private to it.
+# Ports: 8080 public listener, 9901 admin listener (metrics, status page, drains: publish it
+# on a private host address only, as above). A container's loopback is private to it, so the
+# CMD binds both on all interfaces with --listen/--admin-listen, which win over
+# server.listen/server.admin_listen in the mounted config (example.toml keeps admin on
+# 127.0.0.1 for runs outside a container) and hold across reloads and worker restarts.
 
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc \
@@ -32,4 +34,4 @@ VOLUME ["/etc/gslb"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9901/healthz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["gslb"]
-CMD ["serve", "--config", "/etc/gslb/gslb.toml"]
+CMD ["serve", "--config", "/etc/gslb/gslb.toml", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9901"]

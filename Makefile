@@ -2,13 +2,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `gslb demo` flags, e.g. DEMO_ARGS="--listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19901
+# --region-port-base 18100"; make loadtest takes the same, so it finds that demo.
+DEMO_ARGS ?=
 LOADTEST_ARGS ?=
 
 .PHONY: test install build lint typecheck pytest clean bench demo loadtest
 
 # `make demo` and `make test` are the whole set-up on a fresh machine.
 demo: build
-	$(VENV)/bin/gslb demo
+	$(VENV)/bin/gslb demo $(DEMO_ARGS)
 
 test: lint typecheck pytest
 
@@ -36,8 +39,9 @@ typecheck: $(STAMP)
 pytest: build
 	$(VENV)/bin/pytest -q
 
+# Runs against the demo on DEMO_ARGS's ports (default 8080/9901), or starts one for the run.
 loadtest: build
-	$(PY) benchmarks/loadtest.py $(LOADTEST_ARGS)
+	$(PY) benchmarks/loadtest.py $(DEMO_ARGS) $(LOADTEST_ARGS)
 
 # Benchmarks: the scoring kernel, then the proxy path side by side with nginx (results:
 # benchmarks/RESULTS.md). Installs nginx, its GeoIP2 module and wrk (Debian, as root) when

@@ -445,6 +445,7 @@ def gslb_config(
         "[geoip]",
         f"database = {json.dumps(mmdb)}",
         'trusted_proxies = ["127.0.0.0/8", "::1/128"]',
+        'edge_country = "US"',
         "",
         "[health]",
         'path = "/health"',

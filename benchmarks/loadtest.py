@@ -1,16 +1,19 @@
 """Load test of gslb's demo world: locust users around the globe, then a summary.
 
 ``make loadtest`` runs this. It drives ``benchmarks/locustfile.py`` headless, in this process
-(locust as a library), against a running ``gslb demo``; when nothing answers on ``--admin`` it
-starts a demo itself (on the ports of ``--host``/``--admin``) and stops it at the end.
+(locust as a library), against a running ``gslb demo``; when no gslb admin listener answers on
+``--admin`` and nothing listens on ``--host``, it starts a demo itself (on those ports) and
+stops it at the end. It also takes the demo's own port flags (``--listen``, ``--admin-listen``,
+``--region-port-base``, ``--config``), so ``make demo`` and ``make loadtest`` given the same
+``DEMO_ARGS`` meet on the same ports instead of the load test starting a second demo.
 
 The summary: requests and failures, the split over serving regions (``X-GSLB-Region``), the
 routes gslb took (``X-GSLB-Route``) and its spill count (``gslb_spills_total`` before and after),
 time to first token overall and per city. The demo's regions have 4-8 slots and generate 25
 tokens/s, so 40 users saturate the busiest ones: the run should show spills and no failures.
 
-Exit status: 0 when every request succeeded, 1 when any failed (or none ran), 2 when the demo
-could not be started.
+Exit status: 0 when every request succeeded, 1 when any failed (or none ran), 2 when no demo
+could be reached or started (bad flags, a port held by something else, a demo that failed).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import locust.env  # first: importing locust monkey-patches the standard library
 import argparse
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,19 +83,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--duration", default="30s", help="how long to run: 30, 30s, 2m, 1m30s (default 30s)"
     )
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"gslb proxy (default {DEFAULT_HOST})")
-    p.add_argument(
-        "--admin", default=DEFAULT_ADMIN, help=f"gslb admin listener (default {DEFAULT_ADMIN})"
+    p.add_argument("--host", default=None, help=f"gslb proxy URL (default {DEFAULT_HOST})")
+    p.add_argument("--admin", default=None, help=f"gslb admin URL (default {DEFAULT_ADMIN})")
+    p.add_argument("--seed", type=int, default=1, help="seed of the users' city draw (default 1)")
+    demo = p.add_argument_group(
+        "the demo's flags",
+        "the same as `gslb demo` takes: `make loadtest` passes DEMO_ARGS here, so it finds a "
+        "demo that `make demo DEMO_ARGS=...` started, or starts one on the same ports",
     )
-    p.add_argument(
+    demo.add_argument("--listen", metavar="HOST:PORT", help="the demo's proxy; sets --host")
+    demo.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="the demo's admin listener; sets --admin"
+    )
+    demo.add_argument(
         "--region-port-base",
         type=int,
         default=None,
         help="first port of the simulated regions, for a demo started here (default: the "
         "demo's own, 18001...)",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of the users' city draw (default 1)")
+    demo.add_argument("--config", default=None, help="demo config, for a demo started here")
     args = p.parse_args(argv)
+    try:
+        args.host = _url_flag(args.host, args.listen, "--host", "--listen", DEFAULT_HOST)
+        args.admin = _url_flag(
+            args.admin, args.admin_listen, "--admin", "--admin-listen", DEFAULT_ADMIN
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     if args.users < 1:
         p.error("--users must be >= 1")
     if args.spawn_rate <= 0:
@@ -101,26 +121,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--duration: {exc}")
     if args.duration_s < 1:
         p.error("--duration must be at least 1 s")
-    args.host = args.host.rstrip("/")
-    args.admin = args.admin.rstrip("/")
     return args
+
+
+def _url_flag(
+    url: str | None, listen: str | None, url_flag: str, listen_flag: str, default: str
+) -> str:
+    """The URL to reach: ``--host``/``--admin`` as given, or built from the demo's flag."""
+    if listen is None:
+        return (url or default).rstrip("/")
+    built = listen_url(listen, listen_flag)
+    if url is not None and url.rstrip("/") != built:
+        raise ValueError(f"{url_flag} {url} and {listen_flag} {listen} name different listeners")
+    return built
+
+
+def listen_url(listen: str, flag: str) -> str:
+    """``http://`` URL of a ``HOST:PORT`` listener; a wildcard address is reached on loopback."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{flag}: expected HOST:PORT, got {listen!r}")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def host_port(url: str) -> str:
     parts = urlsplit(url)
     if not parts.hostname or not parts.port:
         raise SetupError(f"{url}: give a URL with a host and a port to start a demo on")
-    return f"{parts.hostname}:{parts.port}"
+    host = parts.hostname
+    return f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
 
 
 # --------------------------------------------------------------------------------------------
 # The demo
 
 
+# The demo is on this machine: an http_proxy/HTTP_PROXY in the environment must not carry the
+# probes and scrapes away to a proxy, which would answer for a demo that is not there.
+_DIRECT: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
     """Status and body, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _DIRECT.open(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -133,17 +179,59 @@ def is_ready(admin: str) -> bool:
     return got is not None and got[0] == 200
 
 
+def gslb_admin_answers(admin: str) -> bool:
+    """True when a gslb admin listener answers at ``admin`` (ready or still starting).
+
+    Raises ``SetupError`` when something else answers there: waiting for it to become ready,
+    or starting a demo on its port, would both fail, and later and less clearly.
+    """
+    got = http_get(f"{admin}/readyz", timeout=1.0)
+    if got is None:
+        return False
+    status, body = got
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if status in (200, 503) and isinstance(doc, dict) and isinstance(doc.get("ready"), bool):
+        return True
+    raise SetupError(
+        f"{admin}/readyz answered {status}, not as gslb's admin listener: give the demo's "
+        "admin address (--admin, or --admin-listen as in DEMO_ARGS)"
+    )
+
+
+def listening(url: str) -> bool:
+    """Whether anything accepts connections on ``url``'s host and port."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        return False
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def demo_running(args: argparse.Namespace) -> Iterator[str | None]:
-    """Yield None when a demo already answers on ``args.admin``, else start one for the block.
+    """Yield None when gslb already answers on ``args.admin``, else start a demo for the block.
 
     The yielded string says what was started. The demo's output goes to a temporary file,
     shown when it fails to come up.
     """
-    if http_get(f"{args.admin}/readyz", timeout=1.0) is not None:
+    if gslb_admin_answers(args.admin):
         wait_ready(None, args.admin, None)  # one already runs; it may be starting
         yield None
         return
+    if listening(args.host):
+        # A demo on other ports than the ones we were given, most likely: a second demo here
+        # would only collide with it. Say which flags meet it instead.
+        raise SetupError(
+            f"something listens on {host_port(args.host)} but no gslb admin listener answers "
+            f"at {args.admin}: if it is a demo started with `make demo DEMO_ARGS=...`, give "
+            "`make loadtest` the same DEMO_ARGS (or --admin here)"
+        )
     cmd = [
         sys.executable, "-m", "gslb", "demo",
         "--listen", host_port(args.host),
@@ -151,6 +239,8 @@ def demo_running(args: argparse.Namespace) -> Iterator[str | None]:
     ]  # fmt: skip
     if args.region_port_base is not None:
         cmd += ["--region-port-base", str(args.region_port_base)]
+    if args.config is not None:
+        cmd += ["--config", str(Path(args.config).resolve())]  # the demo runs in ROOT
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT

@@ -44,14 +44,42 @@ STANDBY = 5
 
 REASONS = ("no-region", "local", "failover", "spill", "local-queued", "standby")
 
+# Why each region was or was not chosen, for explanations (``Kernel.explain``). They are set
+# by the very steps that make the decision, so an explanation cannot drift from it.
+CHOSEN = 0
+NOT_ALLOWED = 1
+NOT_ROUTABLE = 2
+STANDBY_UNUSED = 3  # a routable standby region while an active one is routable
+BUSY = 4  # at or above spill_utilization
+OVER_BUDGET = 5  # a spill target whose net + wait exceeds the budget
+NOT_BETTER = 6  # allowed and routable, but the chosen region is nearer or cheaper
+
+VERDICTS = (
+    "chosen",
+    "not-allowed",
+    "not-routable",
+    "standby-unused",
+    "busy",
+    "over-budget",
+    "not-better",
+)
+
 __all__ = [
+    "BUSY",
+    "CHOSEN",
     "FAILOVER",
     "LOCAL",
     "LOCAL_QUEUED",
+    "NOT_ALLOWED",
+    "NOT_BETTER",
+    "NOT_ROUTABLE",
     "NO_REGION",
+    "OVER_BUDGET",
     "REASONS",
     "SPILL",
     "STANDBY",
+    "STANDBY_UNUSED",
+    "VERDICTS",
     "Kernel",
     "wait_ms",
 ]
@@ -122,8 +150,25 @@ class Kernel:
 
         ``limit`` > 0 keeps only the first ``limit`` entries of ``order``; 0 keeps them all.
         """
-        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms)
+        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms, None)
         return reason, (order[:limit] if limit > 0 else order)
+
+    def explain(
+        self,
+        allowed: bytes,
+        routable: bytes | bytearray,
+        net_ms: array.array[float],
+        load: array.array[float],
+        budget_ms: float,
+    ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """``decide`` plus a verdict per region (``VERDICTS``): why it was or was not chosen.
+
+        The verdicts come from the same steps as the decision. The compiled kernel has no
+        ``explain``: tests hold its decisions to this one over random fleets.
+        """
+        verdicts = [NOT_ALLOWED] * self._n
+        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms, verdicts)
+        return reason, order, tuple(verdicts)
 
     def _decide(
         self,
@@ -132,6 +177,7 @@ class Kernel:
         net_ms: array.array[float],
         load: array.array[float],
         budget_ms: float,
+        verdicts: list[int] | None,
     ) -> tuple[int, tuple[int, ...]]:
         n = self._n
         if len(allowed) != n or len(routable) != n or len(net_ms) != n or len(load) != n:
@@ -152,31 +198,49 @@ class Kernel:
         def nearest_of(regions: Sequence[int]) -> int:
             return min(regions, key=lambda i: net_ms[i])  # min keeps the first on ties
 
+        def mark(regions: Iterable[int], verdict: int) -> None:
+            if verdicts is not None:
+                for i in regions:
+                    verdicts[i] = verdict
+
         candidates = [i for i in range(n) if allowed[i]]
         if not candidates:
             return NO_REGION, ()
+        mark((i for i in candidates if not routable[i]), NOT_ROUTABLE)
 
         pool = [i for i in candidates if self._active[i] and routable[i]]
+        standby = [i for i in candidates if not self._active[i] and routable[i]]
         if not pool:
-            standby = [i for i in candidates if not self._active[i] and routable[i]]
             if not standby:
                 return NO_REGION, ()
             chosen = nearest_of(standby)
+            mark(standby, NOT_BETTER)
+            mark((chosen,), CHOSEN)
             return STANDBY, (chosen, *by_cost(i for i in standby if i != chosen))
+        mark(standby, STANDBY_UNUSED)
 
         nearest = nearest_of([i for i in candidates if self._active[i]])
         home = nearest_of(pool)
+        mark(pool, NOT_BETTER)
         if util(home) < self._spill_util:
             chosen = home
             reason = LOCAL if home == nearest else FAILOVER
         else:
             chosen, reason = home, LOCAL_QUEUED
-            targets = [
-                i for i in pool if i != home and util(i) < self._spill_util and cost(i) <= budget_ms
-            ]
+            targets = []
+            for i in pool:
+                if i == home:
+                    continue
+                if util(i) >= self._spill_util:
+                    mark((i,), BUSY)
+                elif cost(i) > budget_ms:
+                    mark((i,), OVER_BUDGET)
+                else:
+                    targets.append(i)
             if targets:
                 best = min(targets, key=lambda i: cost(i) + self._spill_penalty_ms)
                 if cost(best) + self._spill_penalty_ms < cost(home):
                     chosen, reason = best, SPILL
-
+                    mark((home,), BUSY)
+        mark((chosen,), CHOSEN)
         return reason, (chosen, *by_cost(i for i in pool if i != chosen))

@@ -145,7 +145,7 @@ class AccessLog:
     def decision_made(self, seconds: float) -> None:
         pass
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
         pass
 
     # -- control -------------------------------------------------------------------------------

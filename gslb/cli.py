@@ -9,17 +9,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gslb.config import Config, ConfigError, load_config
+from gslb.config import Config, ConfigError, load_config, parse_hostport
+
+if TYPE_CHECKING:
+    from gslb.config import HostPort
+    from gslb.geo import Location
+    from gslb.policy import RequestFacts
+    from gslb.preflight import ListenOverrides
 
 EXIT_USAGE = 2
+MAX_WORKERS = 256  # as server.workers in the config
 
 
 class UsageError(Exception):
     """Bad operator input: printed as one line, exit status 2."""
+
+
+class StdoutClosed(Exception):
+    """Whoever reads our output left (``gslb route ... | head -1``): not an error."""
 
 
 def _load(path: str) -> Config:
@@ -29,11 +41,36 @@ def _load(path: str) -> Config:
         raise UsageError(f"invalid config: {exc}") from None
 
 
+def _emit(text: str) -> None:
+    """Print and flush now, so a closed pipe shows up here and not at interpreter exit."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed from None
+
+
+def _discard_stdout() -> None:
+    # The text layer still holds the unwritten rest, and Python flushes it at exit: point
+    # the descriptor at /dev/null so that flush succeeds instead of printing a traceback.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gslb.preflight import preflight
+
     cfg = _load(args.file)
+    try:  # the same start-up checks as `serve`, so "ok" means serve will start
+        preflight(cfg)
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from None
     active = sum(1 for r in cfg.regions if r.active)
     endpoints = sum(len(r.endpoints) for r in cfg.regions)
-    print(
+    _emit(
         f"{args.file}: ok ({len(cfg.regions)} regions, {active} active, "
         f"{endpoints} endpoints, {len(cfg.residency)} residency rules)"
     )
@@ -54,11 +91,37 @@ def _read_state(path: str, names: Sequence[str]) -> Any:
         raise UsageError(f"{path}: {exc}") from None
 
 
+def _route_facts(args: argparse.Namespace, location: Location | None, cfg: Config) -> RequestFacts:
+    """The request facts, by the rules the proxy applies to the control headers."""
+    from gslb.policy import (
+        BUDGET_HEADER,
+        CERTS_HEADER,
+        RESIDENCY_HEADER,
+        BadControlHeader,
+        facts_from_headers,
+    )
+
+    flags = {
+        BUDGET_HEADER: "--budget-ms",
+        CERTS_HEADER: "--require",
+        RESIDENCY_HEADER: "--residency",
+    }
+    headers = {
+        BUDGET_HEADER: args.budget_ms,
+        CERTS_HEADER: ",".join(args.require) if args.require else None,
+        RESIDENCY_HEADER: args.residency,
+    }
+    try:
+        return facts_from_headers(headers.get, location, cfg, args.model)
+    except BadControlHeader as exc:
+        reason = str(exc).removeprefix(f"{exc.header}: ")
+        raise UsageError(f"{flags.get(exc.header, exc.header)}: {reason}") from None
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from gslb.clientip import parse_ip
     from gslb.explain import decision_document, render_table
     from gslb.geoip import GeoIP, GeoIPError
-    from gslb.policy import BadControlHeader, RequestFacts, parse_residency
     from gslb.router import Router
 
     cfg = _load(args.config)
@@ -70,42 +133,50 @@ def cmd_route(args: argparse.Namespace) -> int:
     except GeoIPError as exc:
         raise UsageError(str(exc)) from None
     location = geoip.lookup(ip)
+    facts = _route_facts(args, location, cfg)
     router = Router(cfg)
     snapshot = _read_state(args.state, router.names) if args.state else router.new_snapshot()
-    r = cfg.routing
-    budget = r.latency_budget_ms if args.budget_ms is None else args.budget_ms
-    try:
-        residency = parse_residency(args.residency)
-    except BadControlHeader as exc:
-        raise UsageError(f"--residency: {exc}") from None
-    facts = RequestFacts(
-        location=location,
-        budget_ms=min(max(budget, r.min_latency_budget_ms), r.max_latency_budget_ms),
-        certifications=frozenset(c.lower() for c in args.require),
-        residency=residency,
-        model=args.model,
-    )
     decision = router.decide(facts, snapshot, explain=True)
     doc = decision_document(str(ip), location, facts, decision, router.residency_rules(facts))
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(render_table(doc))
+    _emit(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> ListenOverrides:
+    from gslb.preflight import ListenOverrides, parse_address_flag
+
+    def flag(value: str | None, name: str) -> HostPort | None:
+        if value is None:
+            return None
+        try:
+            return parse_address_flag(value, name)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
+    return ListenOverrides(flag(args.listen, "--listen"), flag(args.admin_listen, "--admin-listen"))
+
+
+def serve_config(args: argparse.Namespace) -> tuple[str, Config, ListenOverrides]:
+    """What ``gslb serve`` would run: the file's text, the checked config, the overrides."""
+    from gslb.preflight import preflight, read_config
+
+    overrides = _overrides(args)
+    try:
+        text, cfg = read_config(args.config)
+        cfg = overrides.apply(cfg)
+        preflight(cfg)
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from None
+    return text, cfg, overrides
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gslb.geoip import GeoIP, GeoIPError
     from gslb.supervisor import serve
 
-    cfg = _load(args.config)
+    text, cfg, overrides = serve_config(args)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log.level.upper())
-    try:  # fail fast, before starting workers, on a broken GeoIP database
-        GeoIP(cfg.geoip.database, cache_size=0).close()
-    except GeoIPError as exc:
-        raise UsageError(str(exc)) from None
-    return serve(cfg, args.config, args.workers)
+    return serve(cfg, text, args.config, args.workers, overrides)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -114,8 +185,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from gslb.server import install_uvloop
     from gslb.supervisor import run_worker_process
 
+    # The config the supervisor accepted arrives on stdin; the file may hold another by now.
+    text = sys.stdin.read()
     install_uvloop()
-    asyncio.run(run_worker_process(args.config, args.control))
+    asyncio.run(run_worker_process(text, args.config, args.control, _overrides(args)))
     return 0
 
 
@@ -125,7 +198,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gslb.demo import embedded_config, run_demo, with_ports
     from gslb.server import install_uvloop
 
-    cfg = _load(args.config) if args.config else embedded_config()
+    try:
+        cfg = _load(args.config) if args.config else embedded_config()
+        for flag, value in (("--listen", args.listen), ("--admin-listen", args.admin_listen)):
+            if value:
+                parse_hostport(value, flag)  # the rule of server.listen: one line, exit 2
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from None
+    if args.region_port_base is not None and not 1 <= args.region_port_base <= 65000:
+        raise UsageError("--region-port-base: expected a port number from 1 to 65000")
     cfg = with_ports(cfg, args.listen, args.admin_listen, args.region_port_base)
     install_uvloop()
     try:
@@ -140,6 +221,16 @@ def cmd_fake_region(args: argparse.Namespace) -> int:
     from gslb.fakeregion import main_from_args
 
     return main_from_args(args)
+
+
+def _workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_WORKERS}, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("route", help="where would a client at this IP go, and why")
     r.add_argument("--config", required=True)
     r.add_argument("--ip", required=True)
-    r.add_argument("--budget-ms", type=float, default=None)
+    # A string: the X-GSLB-Latency-Budget-Ms parser decides (NaN and garbage refused).
+    r.add_argument("--budget-ms", type=str, default=None)
     r.add_argument("--require", action="append", default=[], metavar="CERT")
     r.add_argument("--residency", default=None, help="comma list of allowed jurisdictions")
     r.add_argument("--model", default=None)
@@ -169,13 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the proxy")
     sv.add_argument("--config", required=True)
-    sv.add_argument("--workers", type=int, default=None, help="processes (default: config)")
+    sv.add_argument("--workers", type=_workers, default=None, help="processes (default: config)")
+    sv.add_argument(
+        "--listen", default=None, metavar="HOST:PORT", help="public listener (over server.listen)"
+    )
+    sv.add_argument(
+        "--admin-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="admin listener (over server.admin_listen)",
+    )
     sv.set_defaults(func=cmd_serve)
 
-    # Internal: one worker process under `serve --workers N` (not for direct use).
+    # Internal: one worker process under `serve --workers N` (not for direct use). The config
+    # text comes on stdin; --config names its file (the source in messages and /status).
     wk = sub.add_parser("_worker")
     wk.add_argument("--config", required=True)
     wk.add_argument("--control", required=True)
+    wk.add_argument("--listen", default=None)
+    wk.add_argument("--admin-listen", default=None)
     wk.set_defaults(func=cmd_worker)
 
     dm = sub.add_parser("demo", help="run gslb on simulated regions (the embedded demo)")
@@ -196,16 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, (args.log_level or "warning").upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from gslb.logsafety import configure_logging
+
+    # Library records (aiohttp, asyncio) are cut to name, level and exception class: their
+    # text can quote request bytes and client addresses (gslb.logsafety).
+    configure_logging(getattr(logging, (args.log_level or "warning").upper()), sys.stderr)
     try:
         return int(args.func(args))
     except UsageError as exc:
         print(f"gslb: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StdoutClosed:
+        _discard_stdout()
+        return 0
 
 
 if __name__ == "__main__":

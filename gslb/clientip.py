@@ -6,21 +6,26 @@ Pure: no I/O. The semantics follow nginx ``real_ip_recursive on`` and uvicorn's
 1. Start from the socket peer. If the peer is *not* a trusted proxy, it is the client and
    every forwarding header is ignored: anyone can send ``X-Forwarded-For``, so headers
    are only believed when a proxy we trust put them there.
-2. Otherwise take the hop list from the forwarding header (RFC 7239 ``Forwarded`` when it
-   carries ``for=`` parameters, else ``X-Forwarded-For``) and walk it right to left,
-   skipping trusted proxies. The first untrusted address is the client.
+2. Otherwise read the ONE header the operator's trusted proxies write
+   (``geoip.forwarded_header``). A list header (``X-Forwarded-For``, or RFC 7239
+   ``Forwarded`` with its ``for=`` parameters) is walked right to left, skipping trusted
+   proxies: the first untrusted address is the client. A single-address header
+   (``X-Real-IP``, ``True-Client-IP``, ``CF-Connecting-IP``) names the client when it holds
+   exactly one parseable address.
 3. If every hop is trusted, the leftmost hop is the client (an internal caller).
 4. If a hop cannot be parsed (``unknown``, an obfuscated ``_name``, garbage), stop and
    return the last good address seen: that is the trusted proxy which appended the
    unparseable value, and it is the best knowledge we have. Going further left would
    mean believing data that no trusted party vouched for.
 
+Only one header is ever believed. A front proxy that appends to ``X-Forwarded-For`` passes
+the client's other headers through untouched, so believing "whichever header has an
+address" would let a client pick its own country, and with it its residency rules
+(docs/design.md, section 5). Every other address-claiming header is ignored here and, from
+an untrusted peer, dropped before the request goes upstream (``headers.py``).
+
 Forwarding headers are attacker-controlled and may be huge, so only the last
 ``MAX_HOPS`` hops are ever looked at and nothing here raises on bad input.
-
-Security note: with ``source="auto"`` a client can send its own ``Forwarded`` header
-past a proxy that only appends ``X-Forwarded-For``. Deployments should make the
-trusted proxy overwrite (or strip) the header it does not use, or pin ``source``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,13 @@ _MAX_TOKEN_LEN: Final = 128
 # RFC 4291 IPv4-mapped prefix ::ffff:0:0/96, used to fold mapped trusted networks to IPv4.
 _MAPPED_PREFIX: Final = IPv6Network("::ffff:0:0/96")
 
-HeaderSource = Literal["auto", "forwarded", "x-forwarded-for"]
+# The headers a proxy may use to tell us the client address; only the configured one counts.
+LIST_HEADERS: Final = ("x-forwarded-for", "forwarded")
+SINGLE_HEADERS: Final = ("x-real-ip", "true-client-ip", "cf-connecting-ip")
+ADDRESS_HEADERS: Final = frozenset(LIST_HEADERS + SINGLE_HEADERS)
+HeaderSource = Literal[
+    "x-forwarded-for", "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip"
+]
 
 
 class TrustedProxies:
@@ -212,26 +223,24 @@ def _is_port(text: str) -> bool:
 
 def client_ip(
     peer: str | None,
-    x_forwarded_for: Sequence[str],
-    forwarded: Sequence[str],
+    lines: Sequence[str],
     trusted: TrustedProxies,
-    *,
-    source: HeaderSource = "auto",
+    source: HeaderSource = "x-forwarded-for",
 ) -> IPAddress | None:
     """The real client address for a request (see the module docstring for the rules).
 
-    ``x_forwarded_for`` and ``forwarded`` are all header lines of that name, in the order
-    received (``request.headers.getall(name, ())``). ``source`` selects the forwarding
-    header: ``"auto"`` uses ``Forwarded`` when it carries any ``for=`` parameter, else
-    ``X-Forwarded-For``; the other values pin one header and ignore the other.
-    Returns ``None`` only when the peer itself is missing or unparseable.
+    ``lines`` are all header lines of the configured header ``source``, in the order received
+    (``request.headers.getall(source, ())``); no other header is consulted. Returns ``None``
+    only when the peer itself is missing or unparseable.
     """
     if not peer:
         return None
     current = parse_ip(peer)
     if current is None or current not in trusted:
         return current
-    hops = _select_hops(x_forwarded_for, forwarded, source)
+    if source in SINGLE_HEADERS:
+        return _single_address(lines) or current
+    hops = _forwarded_hops(lines) if source == "forwarded" else _xff_hops(lines)
     for hop in hops:  # right to left
         if hop is None:
             return current  # unparseable hop: the proxy that appended it is the best we know
@@ -243,30 +252,33 @@ def client_ip(
     return current
 
 
-def _select_hops(
-    x_forwarded_for: Sequence[str], forwarded: Sequence[str], source: HeaderSource
-) -> list[IPAddress | None]:
-    """Hops right to left (nearest proxy first), at most ``MAX_HOPS``."""
-    if source != "x-forwarded-for":
-        hops = _forwarded_hops(forwarded)
-        if hops is not None or source == "forwarded":
-            return hops or []
-    return [parse_ip(element) for element in _last_elements(x_forwarded_for)]
+def _single_address(lines: Sequence[str]) -> IPAddress | None:
+    """The address of a single-address header; ``None`` unless exactly one is given.
+
+    Two lines or a comma list mean something upstream appended instead of overwriting, and
+    we cannot tell which value the trusted proxy wrote: the peer stands instead.
+    """
+    if len(lines) != 1 or not isinstance(lines[0], str) or "," in lines[0]:
+        return None
+    return parse_ip(lines[0])
 
 
-def _forwarded_hops(lines: Sequence[str]) -> list[IPAddress | None] | None:
-    """``for=`` values of RFC 7239 elements, right to left; ``None`` if no element has one.
+def _xff_hops(lines: Sequence[str]) -> list[IPAddress | None]:
+    """Hops of ``X-Forwarded-For``, right to left (nearest proxy first), at most ``MAX_HOPS``."""
+    return [parse_ip(element) for element in _last_elements(lines)]
+
+
+def _forwarded_hops(lines: Sequence[str]) -> list[IPAddress | None]:
+    """``for=`` values of RFC 7239 elements, right to left, at most ``MAX_HOPS``.
 
     An element without ``for=`` is a proxy that did not disclose the address it saw: it
     becomes an unparseable hop (``None``) so the walk stops there.
     """
     hops: list[IPAddress | None] = []
-    seen_for = False
     for element in _last_elements(lines):
         value = _for_param(element)
-        seen_for = seen_for or value is not None
         hops.append(parse_ip(value) if value is not None else None)
-    return hops if seen_for else None
+    return hops
 
 
 def _for_param(element: str) -> str | None:

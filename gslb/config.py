@@ -26,10 +26,16 @@ TIERS = ("hyperscaler", "neocloud", "reseller")
 ROLES = ("active", "standby")
 CAPACITY_TYPES = ("reserved", "on_demand", "spot")
 LATENCY_MODELS = ("geodesic", "timezone")
-UNKNOWN_LOCATION = ("edge", "deny")
+UNKNOWN_LOCATION = ("edge_country", "deny", "unrestricted")
 LOAD_KINDS = ("vllm", "sglang", "tgi", "json", "none")
 CLIENT_IP_LOGGING = ("truncated", "none", "full")
-FORWARDED_HEADERS = ("auto", "x-forwarded-for", "forwarded")
+FORWARDED_HEADERS = (
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+)
 
 
 class ConfigError(ValueError):
@@ -75,10 +81,12 @@ class GeoIPConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     edge_location: tuple[float, float] = (40.71, -74.01)
     cache_size: int = 65536
-    # Which forwarding header trusted proxies set: "auto" prefers RFC 7239 Forwarded when it
-    # carries for=, else X-Forwarded-For. Name the one your proxies write, so a client cannot
-    # slip the other one past a proxy that only appends to its own.
-    forwarded_header: str = "auto"
+    # The one header the trusted proxies write the client address into. Exactly one: a proxy
+    # that appends to its own header passes the client's other ones through untouched.
+    forwarded_header: str = "x-forwarded-for"
+    # ISO code of the country this edge stands in: whose residency rules bind a client that
+    # cannot be placed (routing.unknown_location = "edge_country").
+    edge_country: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +98,9 @@ class RoutingConfig:
     spill_penalty_ms: float = 10.0
     max_attempts: int = 2
     latency_model: str = "geodesic"
-    unknown_location: str = "edge"
+    # Clients that cannot be placed: "edge_country" applies geoip.edge_country's residency
+    # rules, "deny" refuses them, "unrestricted" routes them with no residency rule at all.
+    unknown_location: str = "edge_country"
     require_certifications: tuple[str, ...] = ()
     # Measured round trips win over the model: {country: {region: rtt_ms}}.
     measured_rtt_ms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -353,7 +363,7 @@ def _latlon(v: Any, path: str) -> tuple[float, float]:
     return (lat, lon)
 
 
-def _hostport(v: Any, path: str) -> HostPort:
+def parse_hostport(v: Any, path: str) -> HostPort:
     s = _str(v, path)
     host, sep, port_s = s.rpartition(":")
     if not sep or not port_s.isdigit():
@@ -427,8 +437,8 @@ def _server(t: _Table) -> ServerConfig:
     d = ServerConfig()
     pos = _ranged(_num, 0, lo_open=True)
     cfg = ServerConfig(
-        listen=t.get("listen", _hostport, d.listen),
-        admin_listen=t.get("admin_listen", _hostport, d.admin_listen),
+        listen=t.get("listen", parse_hostport, d.listen),
+        admin_listen=t.get("admin_listen", parse_hostport, d.admin_listen),
         workers=t.get("workers", _ranged(_int, 1, 256), d.workers),
         shutdown_grace_s=t.get("shutdown_grace_s", _ranged(_num, 0), d.shutdown_grace_s),
         tls_cert=t.get("tls_cert", _str, d.tls_cert),
@@ -453,10 +463,32 @@ def _geoip(t: _Table) -> GeoIPConfig:
         trusted_proxies=t.get("trusted_proxies", _list(_cidr), d.trusted_proxies),
         edge_location=t.get("edge_location", _latlon, d.edge_location),
         cache_size=t.get("cache_size", _ranged(_int, 0), d.cache_size),
-        forwarded_header=t.get("forwarded_header", _choice(FORWARDED_HEADERS), d.forwarded_header),
+        forwarded_header=t.get("forwarded_header", _forwarded_header, d.forwarded_header),
+        edge_country=t.get("edge_country", _country, d.edge_country),
     )
     t.done()
     return cfg
+
+
+def _forwarded_header(v: Any, path: str) -> str:
+    if v == "auto":
+        raise ConfigError(
+            path,
+            '"auto" is no longer accepted: a client could pick its own address (and its '
+            "residency rules) with the header your proxy does not write; name the one it "
+            f"writes: {', '.join(FORWARDED_HEADERS)}",
+        )
+    return _choice(FORWARDED_HEADERS)(v.lower() if isinstance(v, str) else v, path)
+
+
+def _unknown_location(v: Any, path: str) -> str:
+    if v == "edge":
+        raise ConfigError(
+            path,
+            '"edge" routed unplaceable clients with no residency rule; choose "edge_country" '
+            '(apply geoip.edge_country\'s rules), "deny" (answer 503) or "unrestricted"',
+        )
+    return _choice(UNKNOWN_LOCATION)(v, path)
 
 
 def _cidr(v: Any, path: str) -> str:
@@ -483,7 +515,7 @@ def _routing(t: _Table) -> RoutingConfig:
         spill_penalty_ms=t.get("spill_penalty_ms", ms, d.spill_penalty_ms),
         max_attempts=t.get("max_attempts", _ranged(_int, 1, 10), d.max_attempts),
         latency_model=t.get("latency_model", _choice(LATENCY_MODELS), d.latency_model),
-        unknown_location=t.get("unknown_location", _choice(UNKNOWN_LOCATION), d.unknown_location),
+        unknown_location=t.get("unknown_location", _unknown_location, d.unknown_location),
         require_certifications=t.get(
             "require_certifications", _list(_name), d.require_certifications
         ),
@@ -709,9 +741,18 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> Config:
         for region in per_region:
             if region not in region_names:
                 raise ConfigError(f"routing.measured_rtt_ms.{country}.{region}", "no such region")
+    geoip = _geoip(_Table(top.raw("geoip") or {}, "geoip"))
+    if rules and routing.unknown_location == "edge_country" and not geoip.edge_country:
+        raise ConfigError(
+            "geoip.edge_country",
+            "is required when residency rules exist and routing.unknown_location is "
+            '"edge_country" (the default): the ISO code of the country this edge stands in, '
+            "whose residency rules bind clients that cannot be placed; or set "
+            'routing.unknown_location = "deny"',
+        )
     cfg = Config(
         server=_server(_Table(top.raw("server") or {}, "server")),
-        geoip=_geoip(_Table(top.raw("geoip") or {}, "geoip")),
+        geoip=geoip,
         routing=routing,
         regions=regions,
         residency=rules,

@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from gslb.config import ConfigError, parse_toml
+from gslb.fleet import endpoint_load, saturation_load
 from gslb.metrics import merge_expositions
 from gslb.policy import BadControlHeader
 from gslb.server import Worker
@@ -270,11 +271,19 @@ def merge_status(docs: Sequence[dict[str, Any]], workers: int) -> dict[str, Any]
     base["spills"] = [{"from": a, "to": b, "count": n} for (a, b), n in spills.most_common()]
     for i, region in enumerate(base["regions"]):
         others = [d["regions"][i] for d in docs[1:] if i < len(d["regions"])]
-        for key in ("inflight", "load"):
-            region[key] = region[key] + sum(o[key] for o in others)
-        region["util"] = round(region["load"] / region["capacity"], 4)
+        region["inflight"] += sum(o["inflight"] for o in others)
         # A region is routable for the edge if any worker can route to it.
         region["routable"] = region["routable"] or any(o["routable"] for o in others)
+        penalty = saturation_load(region["capacity"], len(region["endpoints"]))
+        load = 0.0
         for j, ep in enumerate(region["endpoints"]):
-            ep["inflight"] += sum(o["endpoints"][j]["inflight"] for o in others)
+            views = [ep, *(o["endpoints"][j] for o in others)]
+            ep["inflight"] = sum(v["inflight"] for v in views)
+            # A server's own report is one figure per edge, however many workers read it.
+            reports = [v["reported_load"] for v in views if v["reported_load"] is not None]
+            ep["reported_load"] = max(reports) if reports else None
+            saturated = any(v["saturated_remaining_s"] > 0 for v in views)
+            load += endpoint_load(ep["reported_load"], ep["inflight"], saturated, penalty)
+        region["load"] = round(load, 3)
+        region["util"] = round(load / region["capacity"], 4)
     return base

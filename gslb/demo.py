@@ -45,17 +45,20 @@ def embedded_config() -> Config:
     return parse_toml(text, "gslb/data/demo.toml")
 
 
+# What `make loadtest` assumes when it is given no DEMO_ARGS (benchmarks/loadtest.py).
+LOADTEST_LISTEN = HostPort("127.0.0.1", 8080)
+LOADTEST_ADMIN = HostPort("127.0.0.1", 9901)
+
+
 def with_ports(
     cfg: Config, listen: str | None, admin: str | None, region_base: int | None
 ) -> Config:
     """The demo config moved to other ports (tests run several demos side by side)."""
     server = cfg.server
     if listen:
-        host, _, port = listen.rpartition(":")
-        server = replace(server, listen=HostPort(host or "127.0.0.1", int(port)))
+        server = replace(server, listen=_host_port(listen))
     if admin:
-        host, _, port = admin.rpartition(":")
-        server = replace(server, admin_listen=HostPort(host or "127.0.0.1", int(port)))
+        server = replace(server, admin_listen=_host_port(admin))
     regions = cfg.regions
     if region_base is not None:
         n = 0
@@ -69,6 +72,40 @@ def with_ports(
             moved.append(replace(region, endpoints=tuple(eps)))
         regions = tuple(moved)
     return replace(cfg, server=server, regions=regions)
+
+
+def _host_port(text: str) -> HostPort:
+    host, _, port = text.rpartition(":")
+    return HostPort(host.strip("[]") or "127.0.0.1", int(port))
+
+
+def region_ports(cfg: Config) -> str:
+    """The simulated servers' addresses, compactly: ``127.0.0.1:18001-18003,18011``."""
+    by_host: dict[str, list[int]] = {}
+    for region in cfg.regions:
+        for ep in region.endpoints:
+            parts = urlsplit(ep.url)
+            by_host.setdefault(parts.hostname or "127.0.0.1", []).append(parts.port or 80)
+    out = []
+    for host, ports in by_host.items():
+        runs: list[list[int]] = []
+        for port in sorted(set(ports)):
+            if runs and port == runs[-1][-1] + 1:
+                runs[-1].append(port)
+            else:
+                runs.append([port])
+        spans = ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+        out.append(f"{host}:{spans}")
+    return " ".join(out)
+
+
+def loadtest_command(cfg: Config) -> str:
+    """``make loadtest``, with the ports of this demo when they are not its defaults."""
+    server = cfg.server
+    if server.listen == LOADTEST_LISTEN and server.admin_listen == LOADTEST_ADMIN:
+        return "make loadtest"
+    ports = f"--listen {server.listen} --admin-listen {server.admin_listen}"
+    return f"make loadtest DEMO_ARGS={shlex.quote(ports)}"
 
 
 def fake_options(cfg: Config) -> dict[str, FakeRegionOptions]:
@@ -112,11 +149,16 @@ def instructions(cfg: Config, worker: Worker, token: str) -> str:
     admin = f"http://{cfg.server.admin_listen}"
     providers = len({r.provider for r in cfg.regions})
     q = shlex.quote
+    servers = sum(len(r.endpoints) for r in cfg.regions)
     lines = [
         "",
         f"gslb demo: {len(cfg.regions)} simulated regions on {providers} providers",
         f"  proxy        {proxy}",
+        f"  admin        {admin}   (status page, JSON status, metrics, explanations, drains)",
         f"  status page  {admin}/",
+        f"  regions      {region_ports(cfg)}   ({servers} simulated servers)",
+        "  (other ports: make demo DEMO_ARGS='--listen HOST:PORT --admin-listen HOST:PORT"
+        " --region-port-base PORT')",
         "",
         "Where clients land (X-Forwarded-For places them; the demo proxy trusts loopback):",
     ]
@@ -152,7 +194,8 @@ def instructions(cfg: Config, worker: Worker, token: str) -> str:
         f"   # back after a {eu.health.standby_hold_down_s:g} s hold-down",
         "",
         f"Metrics: {admin}/metrics    Status JSON: {admin}/status",
-        "Load test: make loadtest        Ctrl-C stops everything.",
+        f"Load test against this demo: {loadtest_command(cfg)}",
+        "Ctrl-C stops everything.",
         "",
     ]
     return "\n".join(lines)

@@ -39,6 +39,25 @@ class Outcome(enum.Enum):
 _FAILURES = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.HTTP_5XX, Outcome.ABORT})
 
 
+def saturation_load(capacity: int, endpoints: int) -> float:
+    """Extra load a region is charged per endpoint that signals "full" (429)."""
+    return float(capacity) / max(1, endpoints)
+
+
+def endpoint_load(
+    reported: float | None, inflight: float, saturated: bool, penalty: float
+) -> float:
+    """One endpoint's share of its region's load, as the router counts it.
+
+    A fresh report is the server's own running + waiting count, which already holds every
+    edge's and every worker's traffic: it is the floor of what we know, never added to our
+    in-flight count. Without one, our in-flight count stands alone. ``/status`` merges the
+    workers of an edge with this same rule (control.merge_status).
+    """
+    load = max(reported, inflight) if reported is not None else inflight
+    return load + penalty if saturated else load
+
+
 class EndpointState:
     """Mutable live figures of one endpoint (one inference server)."""
 
@@ -154,8 +173,7 @@ class FleetState:
         self.by_url = {e.url: e for r in self.regions for e in r.endpoints}
         self._rnd = rnd or random.Random()
         self._random = self._rnd.random
-        # Extra load a region is charged while it signals "full" (429), per saturated endpoint.
-        self.saturation_load = [float(r.capacity) / max(1, len(r.endpoints)) for r in cfg.regions]
+        self.saturation_load = [saturation_load(r.capacity, len(r.endpoints)) for r in cfg.regions]
         # Observers (health, metrics, logs) told when a region's routability flips, and when.
         self.on_region_change: list[Callable[[RegionState, bool, float], None]] = []
 
@@ -173,14 +191,7 @@ class FleetState:
         Two random candidates, the less loaded wins: near-optimal balance without global
         coordination, and no herd onto one "least loaded" endpoint across workers.
         """
-        region = self.regions[region_index]
-        if region.draining:
-            return None
-        eps = region.endpoints
-        cands = [e for e in eps if e is not exclude and e.available(now)]
-        if not cands and region.panic:
-            # Panic: passive ejections alone emptied the region; active checks say it lives.
-            cands = [e for e in eps if e is not exclude and _alive(e)]
+        cands = self._pickable(region_index, now, exclude)
         if not cands:
             return None
         if len(cands) == 1:
@@ -191,6 +202,23 @@ class FleetState:
         if b is a:
             b = cands[n - 1]
         return a if a.inflight / a.weight <= b.inflight / b.weight else b
+
+    def can_pick(self, region_index: int, now: float) -> bool:
+        """Whether ``pick`` would find an endpoint (the proxy asks before a retry plan)."""
+        return bool(self._pickable(region_index, now, None))
+
+    def _pickable(
+        self, region_index: int, now: float, exclude: EndpointState | None
+    ) -> list[EndpointState]:
+        region = self.regions[region_index]
+        if region.draining:
+            return []
+        eps = region.endpoints
+        cands = [e for e in eps if e is not exclude and e.available(now)]
+        if not cands and region.panic:
+            # Panic: passive ejections alone emptied the region; active checks say it lives.
+            cands = [e for e in eps if e is not exclude and _alive(e)]
+        return cands
 
     def acquire(self, ep: EndpointState) -> None:
         ep.inflight += 1
@@ -220,14 +248,11 @@ class FleetState:
         """
         total = 0.0
         max_age = region.cfg.load.max_age_s
+        penalty = self.saturation_load[region.index]
         for ep in region.endpoints:
             rep = ep.reported_load
-            if rep is not None and now - ep.reported_at <= max_age:
-                total += max(rep, float(ep.inflight))
-            else:
-                total += ep.inflight
-            if ep.saturated_until > now:
-                total += self.saturation_load[region.index]
+            fresh = rep if rep is not None and now - ep.reported_at <= max_age else None
+            total += endpoint_load(fresh, ep.inflight, ep.saturated_until > now, penalty)
         return total
 
     def refresh_region(self, region: RegionState, now: float) -> None:

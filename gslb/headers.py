@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gslb.clientip import ADDRESS_HEADERS
+
 # Hop-by-hop headers: meaningful for one connection only, never forwarded. Proxy-Authorization
 # and Proxy-Authenticate belong to a forward proxy; gslb is not one, and a credential meant for
 # another hop must not travel on.
@@ -27,6 +29,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 CONTROL_PREFIX = "x-gslb-"
+# ADDRESS_HEADERS claim to know the client address. Only the configured one is ever believed
+# (clientip.py); from a peer we do not trust none of them travels on, so an upstream that
+# reads any of them cannot be told a made-up address.
 # Set by gslb itself on the way up; inbound copies are replaced.
 REPLACED_UP = frozenset({"host", "content-length", "x-forwarded-proto", "x-forwarded-host"})
 REQUEST_ID = "X-Request-Id"
@@ -66,8 +71,8 @@ def upstream_headers(
     """Headers to send upstream for an inbound request.
 
     Drops hop-by-hop headers and every ``X-GSLB-*`` control header; from an untrusted peer
-    also drops ``X-Forwarded-For``/``Forwarded``, so a client cannot plant a spoofed chain for
-    the upstream to believe. Appends the peer to ``X-Forwarded-For``, sets
+    also drops every address-claiming header (``ADDRESS_HEADERS``), so a client cannot plant
+    a spoofed address for the upstream to believe. Appends the peer to ``X-Forwarded-For``, sets
     ``X-Forwarded-Proto``/``-Host``, adds ``Via`` and the request id.
     """
     drop = _drop(inbound)
@@ -78,7 +83,7 @@ def upstream_headers(
             continue
         if lname == "x-request-id":
             continue
-        if not peer_trusted and lname in ("x-forwarded-for", "forwarded"):
+        if not peer_trusted and lname in ADDRESS_HEADERS:
             continue
         out.add(name, value)
     if peer:

@@ -6,7 +6,7 @@ active checker that feeds it.
 ``tick(now)`` lets time-based states expire. Each change ends in ``FleetState.refresh_region``,
 which recomputes what the router's ``Snapshot`` says.
 
-Rules (DESIGN.md section 5), and the choices made where it is silent:
+Rules (docs/design.md, section 6), and the choices made where it is silent:
 
 - Passive ejection: ``consecutive_failures`` failures in a row (connect error, time-out, 5xx,
   mid-stream abort) eject an endpoint for ``base_ejection_s * n`` (``n``: times ejected), capped

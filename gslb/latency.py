@@ -1,6 +1,6 @@
 """Latency model: the round trip a client would see to each region.
 
-Two models (DESIGN.md section 4), chosen by ``routing.latency_model``:
+Two models (docs/design.md, section 3), chosen by ``routing.latency_model``:
 
 * ``geodesic``: great-circle distance x ``ROUTE_FACTOR`` over the speed of light in fibre.
   Light in glass covers about 204 km per millisecond (c / 1.47); real routes are longer than

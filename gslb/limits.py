@@ -9,6 +9,10 @@ module wraps each connection's protocol to close such connections.
 
 The header deadline applies to the first request of a connection; later requests on a
 kept-alive connection are bounded by the keep-alive timeout while idle.
+
+It also holds the small aiohttp-specific part of refusing malformed requests
+(``RefusingHandler``); the reusable part (reason codes, the rate-limited refusal log, the
+answer) is ``gslb.logsafety``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from gslb.logsafety import Refusals, classify
 
 log = logging.getLogger("gslb.limits")
 
@@ -54,6 +65,12 @@ class _Guarded(asyncio.Protocol):
         self.headers_done = False
         self.tail = b""
         self.timer: asyncio.TimerHandle | None = None
+        # Length of the connection's first line (so far, until its LF arrives): tells an
+        # over-long request line from an over-long header, which the parser's error does not.
+        self.first_line = 0
+        self.first_line_open = True
+        if isinstance(inner, RefusingHandler):
+            inner.guard = self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -76,6 +93,10 @@ class _Guarded(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.headers_done:
+            if self.first_line_open:
+                end = data.find(b"\n")
+                self.first_line += len(data) if end < 0 else end
+                self.first_line_open = end < 0
             # Look for the end of the header block across chunk boundaries.
             if _HEADER_END in self.tail + data:
                 self._headers_complete()
@@ -110,3 +131,83 @@ class _Guarded(asyncio.Protocol):
     def __getattr__(self, name: str) -> Any:
         # Anything else aiohttp or the transport asks of the protocol.
         return getattr(self.inner, name)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+class RefusingHandler(RequestHandler):
+    """aiohttp's protocol with gslb's own answer to a request its parser refuses.
+
+    Why a subclass rather than only a custom ``logger=``: aiohttp's ``handle_error`` both logs
+    the parser's exception (its text quotes the request bytes: credentials, cookies, query
+    strings, bodies; and the full peer address) and sends that text back as the body. A
+    logger can only silence the first. Overriding ``handle_error`` replaces both: a JSON 4xx
+    with a request id, a reason code from ``gslb.logsafety`` and a rate-limited log line. The
+    ``logger`` stays aiohttp's ``aiohttp.server``, so anything else aiohttp logs there is
+    still cut by the redaction filter on gslb's log handlers (a gslb.* name would exempt it).
+    """
+
+    __slots__ = ("guard", "refusals")
+
+    def __init__(self, manager: web.Server, refusals: Refusals, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.refusals = refusals
+        self.guard: _Guarded | None = None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of a response went out already: nothing more can be said on this
+            # connection (aiohttp's own handle_error does the same; its caller closes it).
+            raise ConnectionError("response already started")
+        if isinstance(exc, HttpProcessingError) or status < 500:
+            reason = classify(exc, request_line=self._request_line_too_long())
+        else:  # the request handler failed (500) or timed out (504): never the parser
+            reason = "handler_timeout" if status == 504 else "internal_error"
+        answer = self.refusals.refuse(reason, request.remote)
+        response = _Bare(status=answer.status, body=answer.body, headers=answer.headers)
+        response.force_close()
+        return response
+
+    def _request_line_too_long(self) -> bool | None:
+        """Whether an over-long line was the request line (None: cannot tell).
+
+        When the connection's first line is over ``max_line_size``, the error is that line's:
+        such a request never parses, so no later one exists. Otherwise the long line is taken
+        for a header, which is wrong only for a pipelined later request's request line (the
+        guard reads only a connection's first header block, to stay off the body path).
+        """
+        if self.guard is None:
+            return None
+        return self.guard.first_line > self.max_line_size
+
+
+class _Bare(web.Response):
+    """A response without aiohttp's ``Server`` banner (it names the library and version)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
+
+
+def refusing_factory(server: web.Server, refusals: Refusals) -> Callable[[], RefusingHandler]:
+    """A protocol factory like ``server`` (``AppRunner.server``) building ``RefusingHandler``s.
+
+    The handler settings (size limits, keep-alive, access log) are the ones the runner gave
+    ``server``, read from its private ``_kwargs``: aiohttp has no public way to choose the
+    handler class of an ``AppRunner``'s server (``tests/test_logsafety.py`` checks that the
+    settings arrive, so an aiohttp change there fails a test instead of dropping a limit).
+    """
+    loop = asyncio.get_running_loop()
+    kwargs: dict[str, Any] = dict(server._kwargs)
+
+    def factory() -> RefusingHandler:
+        return RefusingHandler(server, refusals, loop=loop, **kwargs)
+
+    return factory

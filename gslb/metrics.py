@@ -36,7 +36,9 @@ from prometheus_client.registry import Collector
 
 from gslb.fleet import FleetState
 from gslb.geoip import LOOKUP_RESULTS
+from gslb.logsafety import REASONS as REFUSAL_REASONS
 from gslb.observe import RequestRecord
+from gslb.router import DENIAL_CAUSES
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -226,10 +228,19 @@ class Metrics:
         )
         self._residency = Counter(
             "gslb_residency_denied",
-            "Requests refused because no region satisfied a residency rule.",
+            "Requests refused because every region a residency rule allows was unavailable.",
             ["rule"],
             registry=reg,
         )
+        denied = Counter(
+            "gslb_denied",
+            "Requests that found no region, by cause (unplaceable, narrowed, residency, "
+            "unavailable).",
+            ["cause"],
+            registry=reg,
+        )
+        # Every cause exists from the start: a rate() alert sees 0, not a missing series.
+        self._denied_children = {cause: denied.labels(cause) for cause in DENIAL_CAUSES}
         self._decision = Histogram(
             "gslb_decision_seconds",
             "Time the router took to decide.",
@@ -248,6 +259,15 @@ class Metrics:
             ["region"],
             registry=reg,
         )
+        refused = Counter(
+            "gslb_refused_requests",
+            "Requests the listener answered itself, by reason: malformed or over a size "
+            "limit (4xx), or a request handler failure (5xx).",
+            ["reason"],
+            registry=reg,
+        )
+        # Reasons are gslb's own codes (gslb.logsafety.REASONS); each exists from the start.
+        self._refused_children = {r: refused.labels(r) for r in sorted(REFUSAL_REASONS)}
         # Both results exist from the start so a rate() alert sees 0, not a missing series.
         self._reload_children = {
             True: self._reloads.labels("ok"),
@@ -283,7 +303,8 @@ class Metrics:
     def decision_made(self, seconds: float) -> None:
         self._observe_decision(seconds)
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
+        self._denied_children[cause].inc()
         for rule in rules:
             child = self._rule_children.get(rule)
             if child is None:
@@ -301,6 +322,13 @@ class Metrics:
 
     def ejected(self, region: str) -> None:
         self._ejections.labels(region).inc()
+
+    def refused(self, reason: str) -> None:
+        """The listener refused a request (``gslb.logsafety``): by reason code."""
+        child = self._refused_children.get(reason)
+        if child is None:  # not a code gslb.logsafety hands out: keep the label bounded
+            child = self._refused_children["bad_request"]
+        child.inc()
 
     def health_event(self, event: HealthEventLike) -> None:
         """Adapter for ``HealthChecker(on_event=...)``: counts cordons and ejections."""

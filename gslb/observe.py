@@ -36,7 +36,9 @@ class Observer(Protocol):
 
     def decision_made(self, seconds: float) -> None: ...
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None: ...
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
+        """A request found no region: ``cause`` from ``router.DENIAL_CAUSES``; ``rules`` are
+        the residency rules to blame (only when the cause is residency)."""
 
 
 class NullObserver:
@@ -46,7 +48,7 @@ class NullObserver:
     def decision_made(self, seconds: float) -> None:
         pass
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
         pass
 
 
@@ -64,6 +66,6 @@ class Observers:
         for o in self.observers:
             o.decision_made(seconds)
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
         for o in self.observers:
-            o.residency_denied(rules)
+            o.denied(cause, rules)

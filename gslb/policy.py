@@ -84,16 +84,29 @@ class Placement:
             self._model_masks[model] = self._any_model | _bits(
                 i for i, r in enumerate(self.regions) if model in r.models
             )
+        # Clients that cannot be placed (routing.unknown_location): never a way out of
+        # residency unless the operator said "unrestricted" (docs/design.md, section 5).
+        self.unknown_location = cfg.routing.unknown_location
+        self.edge_country: str | None = cfg.geoip.edge_country or None
         self._cert_cache: dict[frozenset[str], int] = {}
         self._jurisdiction_cache: dict[frozenset[str], int] = {}
 
     # -- the masks ------------------------------------------------------------------------
 
     def residency(self, country: str | None) -> tuple[int, tuple[str, ...]]:
-        """(mask, names of the matching rules) for a client country."""
+        """(mask, names of the matching rules) for a client country (``None``: unplaceable)."""
         if country is None:
-            return self.all_mask, ()
+            if self.unknown_location == "deny":
+                return 0, ()
+            if self.unknown_location == "unrestricted" or self.edge_country is None:
+                # No edge country is only possible without residency rules (config checks).
+                return self.all_mask, ()
+            country = self.edge_country
         return self._by_country.get(country, (self.all_mask, ()))
+
+    def unplaceable_denied(self, facts: RequestFacts) -> bool:
+        """The client cannot be placed and this edge refuses such clients."""
+        return facts.country is None and self.unknown_location == "deny"
 
     def certifications(self, required: frozenset[str]) -> int:
         mask = self._cert_cache.get(required)
@@ -124,7 +137,7 @@ class Placement:
     def allowed(self, facts: RequestFacts) -> int:
         """The allowed-region mask; per request, so each narrowing is skipped when absent."""
         location = facts.location
-        mask = self.all_mask if location is None else self.residency(location.country)[0]
+        mask = self.residency(None if location is None else location.country)[0]
         if facts.certifications or self.base_certs:
             mask &= self.certifications(facts.certifications)
         if facts.model is not None:
@@ -139,15 +152,19 @@ class Placement:
         """Why region ``index`` is not allowed for ``facts``; ``None`` when it is."""
         bit = 1 << index
         region = self.regions[index]
+        if self.unplaceable_denied(facts):
+            return "client location unknown (routing.unknown_location = deny)"
         mask, rules = self.residency(facts.country)
         if not mask & bit:
+            country = facts.country if facts.country is not None else self.edge_country
             blocking = [
                 rule.name
                 for rule in self.rules
-                if facts.country in rule.countries
-                and region.jurisdiction not in rule.allow_jurisdictions
+                if country in rule.countries and region.jurisdiction not in rule.allow_jurisdictions
             ]
             names = ", ".join(blocking) or ", ".join(rules)
+            if facts.country is None:
+                names += f" (client unplaceable: rules of edge country {self.edge_country})"
             return f"residency rule {names} forbids {region.jurisdiction}"
         if not self.certifications(facts.certifications) & bit:
             missing = sorted((self.base_certs | facts.certifications) - self._region_certs[index])

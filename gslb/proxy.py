@@ -1,6 +1,6 @@
 """The data plane: an aiohttp handler that routes every request through the core and streams.
 
-Per request (DESIGN.md section 2): client IP (trusted-proxy walk) -> GeoIP -> request facts ->
+Per request (docs/design.md, section 2): client IP (trusted-proxy walk) -> GeoIP -> facts ->
 ``Router.decide`` -> endpoint pick -> forward and stream -> retry before commit -> account.
 
 The proxy never decides where traffic goes: it asks the router, and walks the decision's
@@ -31,11 +31,12 @@ from multidict import CIMultiDict
 
 from gslb.clientip import client_ip, parse_ip, truncate_ip
 from gslb.fleet import EndpointState, Outcome
-from gslb.geo import Location
 from gslb.geoip import GeoIP
 from gslb.headers import downstream_headers, upstream_headers, valid_request_id
+from gslb.logsafety import where_it_failed
 from gslb.observe import NullObserver, Observer, RequestRecord
 from gslb.policy import BadControlHeader, facts_from_headers
+from gslb.router import UNPLACEABLE
 from gslb.runtime import Runtime
 
 log = logging.getLogger("gslb.proxy")
@@ -155,8 +156,8 @@ class Proxy:
             _cut(request)
             _client_gone(st)
             return st.response or web.Response(status=499)
-        except Exception:  # never a traceback to a client
-            log.exception("internal error on request %s", rid)
+        except Exception as exc:  # never a traceback to a client, nor its bytes to the log
+            log.error("internal error on request %s: %s", rid, where_it_failed(exc))
             st.status, st.error = 500, "internal_error"
             internal = GslbError(500, "internal_error", "internal error")
             return error_response(internal, rid, self._error_headers(rt, st))
@@ -193,13 +194,8 @@ class Proxy:
         cfg = rt.cfg
         _refuse_proxy_forms(request)
         peer = request.remote
-        ip = client_ip(
-            peer,
-            request.headers.getall("X-Forwarded-For", ()),
-            request.headers.getall("Forwarded", ()),
-            rt.trusted,
-            source=cfg.geoip.forwarded_header,  # type: ignore[arg-type]
-        )
+        source = rt.address_header  # the one header the trusted proxies write
+        ip = client_ip(peer, request.headers.getall(source, ()), rt.trusted, source)
         location = self.geoip.lookup(ip)
         st.country = location.country if location else None
         st.client = _client_label(ip, cfg.log.client_ip)
@@ -217,19 +213,12 @@ class Proxy:
         self.observer.decision_made(time.perf_counter() - t0)
         st.route = decision.reason
         if decision.region is None:
-            rules = rt.router.residency_rules(facts)
-            if rules:
-                self.observer.residency_denied(rules)
-            raise GslbError(
-                503,
-                "no_eligible_region",
-                _no_region_message(location),
-                {"Retry-After": "5"},
-            )
+            denial = rt.router.denial(facts, rt.fleet.snapshot)
+            self.observer.denied(denial.cause, denial.rules)
+            code = "client_unplaceable" if denial.cause == UNPLACEABLE else "no_eligible_region"
+            raise GslbError(503, code, denial.message, {"Retry-After": "5"})
         if decision.reason == "spill":
             st.spilled_from = _home_of(rt, facts, decision.order)
-        if _is_websocket(request):
-            return await self._websocket(request, rt, decision.order, st)
         headers = upstream_headers(
             request.headers,
             peer=peer,
@@ -240,6 +229,8 @@ class Proxy:
             via=cfg.proxy.via,
             content_length=len(body.data) if body.replayable and body.data else body.length,
         )
+        if _is_websocket(request):
+            return await self._websocket(request, rt, decision.order, st, headers)
         return await self._forward(request, rt, decision.order, body, st, headers)
 
     async def _read_body(self, request: web.Request, replay: int, limit: int) -> Body:
@@ -276,7 +267,7 @@ class Proxy:
         max_attempts = cfg.routing.max_attempts
         last: _UpstreamFailed | None = None
         tried: EndpointState | None = None
-        for region_index in order:
+        for position, region_index in enumerate(order):
             if st.attempts >= max_attempts:
                 break
             if st.attempts and not body.replayable:
@@ -287,8 +278,9 @@ class Proxy:
             tried = ep
             st.attempts += 1
             st.region = rt.fleet.regions[region_index].name
+            may_retry = self._another_candidate(rt, order, position, body, st)
             try:
-                return await self._attempt(request, rt, ep, body, st, headers)
+                return await self._attempt(request, rt, ep, body, st, headers, may_retry)
             except _UpstreamFailed as failed:
                 last = failed
                 self._report(rt, ep, failed.outcome)
@@ -311,6 +303,16 @@ class Proxy:
             raise GslbError(504, "upstream_timeout", "the upstream did not answer in time")
         raise GslbError(502, "upstream_unavailable", f"the upstream failed: {last.reason}")
 
+    def _another_candidate(
+        self, rt: Runtime, order: tuple[int, ...], position: int, body: Body, st: _Attempt
+    ) -> bool:
+        """Whether a failure of this attempt could be retried: only then is a 502/503/504
+        held back from the client, so the last candidate's own answer reaches it as is."""
+        if st.attempts >= rt.cfg.routing.max_attempts or not body.replayable:
+            return False
+        now = self.clock()
+        return any(rt.fleet.can_pick(i, now) for i in order[position + 1 :])
+
     async def _attempt(
         self,
         request: web.Request,
@@ -319,6 +321,7 @@ class Proxy:
         body: Body,
         st: _Attempt,
         headers: CIMultiDict[str],
+        may_retry: bool,
     ) -> web.StreamResponse:
         cfg = rt.cfg.proxy
         fleet = rt.fleet
@@ -346,7 +349,7 @@ class Proxy:
                         ssl=rt.upstream_ssl[ep.region],
                         timeout=rt.upstream_timeout,
                     )
-                    first, no_body = await self._first_chunk(request, rt, upstream, st)
+                    first, no_body = await self._first_chunk(request, upstream, may_retry)
             except aiohttp.ConnectionTimeoutError:
                 raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
             except TimeoutError:
@@ -384,11 +387,11 @@ class Proxy:
                 self._report(rt, ep, outcome)
 
     async def _first_chunk(
-        self, request: web.Request, rt: Runtime, upstream: aiohttp.ClientResponse, st: _Attempt
+        self, request: web.Request, upstream: aiohttp.ClientResponse, may_retry: bool
     ) -> tuple[bytes, bool]:
         """Inside the commit window: refuse a retryable status, wait for the first bytes."""
         status = upstream.status
-        if status in RETRYABLE_STATUS and st.attempts < rt.cfg.routing.max_attempts:
+        if status in RETRYABLE_STATUS and may_retry:
             raise _UpstreamFailed(Outcome.HTTP_5XX, f"http_{status}", status)
         no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
         first = b"" if no_body else await upstream.content.readany()
@@ -499,11 +502,16 @@ class Proxy:
     # -- websockets ----------------------------------------------------------------------------
 
     async def _websocket(
-        self, request: web.Request, rt: Runtime, order: tuple[int, ...], st: _Attempt
+        self,
+        request: web.Request,
+        rt: Runtime,
+        order: tuple[int, ...],
+        st: _Attempt,
+        headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         from gslb.wsproxy import relay_websocket
 
-        return await relay_websocket(self, request, rt, order, st)
+        return await relay_websocket(self, request, rt, order, st, headers)
 
     # -- accounting ----------------------------------------------------------------------------
 
@@ -534,8 +542,8 @@ class Proxy:
         )
         try:
             self.observer.request_done(record)
-        except Exception:  # an observer bug must not break the data plane
-            log.exception("observer failed")
+        except Exception as exc:  # an observer bug must not break the data plane
+            log.error("observer failed: %s", where_it_failed(exc))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -588,12 +596,6 @@ def _home_of(rt: Runtime, facts: Any, order: tuple[int, ...]) -> str | None:
         ):
             best = i
     return regions[best].name if best is not None else None
-
-
-def _no_region_message(location: Location | None) -> str:
-    if location is None:
-        return "no region may serve this request now"
-    return f"no region allowed for clients in {location.country or 'this location'} is available"
 
 
 def _is_websocket(request: web.Request) -> bool:

@@ -34,7 +34,7 @@ class RecentActivity:
     def decision_made(self, seconds: float) -> None:
         pass
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
         pass
 
     def spills(self) -> list[dict[str, object]]:

@@ -8,15 +8,23 @@ config load or cached per distinct input, so a decision costs a few lookups and 
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
+from typing import Final
 
-from gslb import scoring
+from gslb import _scoring_py, scoring
 from gslb.config import Config
 from gslb.geo import Location
 from gslb.latency import LatencyModel
 from gslb.policy import Placement, RequestFacts
 from gslb.state import Snapshot
+
+# Why a request found no region (metric label ``gslb_denied_total{cause}``).
+UNPLACEABLE: Final = "unplaceable"  # unknown location and routing.unknown_location = "deny"
+NARROWED: Final = "narrowed"  # the request's own control headers excluded every region
+RESIDENCY: Final = "residency"  # every region the client's residency rules allow is down
+UNAVAILABLE: Final = "unavailable"  # nothing allowed is routable, and no residency rule binds
+DENIAL_CAUSES: Final = (UNPLACEABLE, NARROWED, RESIDENCY, UNAVAILABLE)
 
 NET_CACHE_SIZE = 16384
 MASK_CACHE_SIZE = 4096
@@ -57,6 +65,17 @@ class Decision:
     order: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a request has no region: the cause, the residency rules involved, and the words
+    for the client's 503 (never blaming a residency rule for what the client's own headers
+    did)."""
+
+    cause: str
+    rules: tuple[str, ...]
+    message: str
+
+
 class Router:
     def __init__(self, cfg: Config, backend: ModuleType | None = None) -> None:
         """``backend`` picks a scoring module (tests and benchmarks compare both)."""
@@ -78,13 +97,25 @@ class Router:
             cfg.routing.spill_utilization,
             cfg.routing.spill_penalty_ms,
         )
-        self._deny_unknown = cfg.routing.unknown_location == "deny"
         self._keep = cfg.routing.max_attempts  # candidates the proxy can use
         self._decisions: dict[tuple[int, tuple[int, ...]], Decision] = {}
         self._edge = cfg.geoip.edge_location
         self._net_cache: dict[Location | None, array[float]] = {}
         self._mask_cache: dict[int, bytes] = {}
         self._reasons: tuple[str, ...] = kernels.REASONS
+        # Explanations come from the twin, which states why for every region; it is fed the
+        # same inputs as the kernel, and tests hold the two to the same decisions.
+        self._twin = (
+            self.kernel
+            if isinstance(self.kernel, _scoring_py.Kernel)
+            else _scoring_py.Kernel(
+                [r.active for r in regions],
+                [float(r.capacity) for r in regions],
+                [r.service_ms for r in regions],
+                cfg.routing.spill_utilization,
+                cfg.routing.spill_penalty_ms,
+            )
+        )
         # Per-region service time, modeled; the shell may correct it from observed latency.
         self.service_ms = [r.service_ms for r in regions]
 
@@ -120,6 +151,8 @@ class Router:
     def set_service_ms(self, index: int, value: float) -> None:
         self.service_ms[index] = value
         self.kernel.set_service_ms(index, value)
+        if self._twin is not self.kernel:
+            self._twin.set_service_ms(index, value)
 
     # -- the decision ---------------------------------------------------------------------------
 
@@ -130,14 +163,15 @@ class Router:
         allowed = self._mask_cache.get(mask) or self._mask_bytes(mask)
         net = self._net_cache.get(facts.location) or self.net_ms(facts.location)
         if explain:
-            code, order = self.kernel.decide(
-                allowed, snapshot.routable, net, snapshot.load, facts.budget_ms
-            )
+            routable = snapshot.routable
+            code, order = self.kernel.decide(allowed, routable, net, snapshot.load, facts.budget_ms)
             if not order and snapshot.last_resort != snapshot.routable:
+                routable = snapshot.last_resort
                 code, order = self.kernel.decide(
-                    allowed, snapshot.last_resort, net, snapshot.load, facts.budget_ms
+                    allowed, routable, net, snapshot.load, facts.budget_ms
                 )
-            return self._decision(code, order, self._explain(facts, snapshot, mask, net, order))
+            candidates = self._explain(facts, snapshot, mask, allowed, routable, net)
+            return self._decision(code, order, candidates)
         key = self.kernel.decide(
             allowed, snapshot.routable, net, snapshot.load, facts.budget_ms, self._keep
         )
@@ -154,9 +188,36 @@ class Router:
         return decision
 
     def allowed_mask(self, facts: RequestFacts) -> int:
-        if facts.location is None and self._deny_unknown:
-            return 0  # routing.unknown_location = "deny"
         return self.placement.allowed(facts)
+
+    def denial(self, facts: RequestFacts, snapshot: Snapshot) -> Denial:
+        """Why ``facts`` got no region (off the hot path: only for refused requests)."""
+        if self.placement.unplaceable_denied(facts):
+            return Denial(
+                UNPLACEABLE,
+                (),
+                "the client's location is unknown and this edge does not route clients it "
+                "cannot place",
+            )
+        if facts.residency is not None or facts.certifications:
+            unnarrowed = replace(facts, residency=None, certifications=frozenset())
+            if self.decide(unnarrowed, snapshot).region is not None:
+                return Denial(
+                    NARROWED,
+                    (),
+                    "the request's own X-GSLB-Residency or X-GSLB-Require-Certifications "
+                    "header excludes every region that could serve it now",
+                )
+        rules = self.residency_rules(facts)
+        if rules:
+            where = facts.country or f"this edge's country ({self.placement.edge_country})"
+            return Denial(
+                RESIDENCY,
+                rules,
+                f"no region that residency rule {', '.join(rules)} allows for clients in "
+                f"{where} is available",
+            )
+        return Denial(UNAVAILABLE, (), "no region may serve this request now")
 
     def residency_rules(self, facts: RequestFacts) -> tuple[str, ...]:
         """Names of the residency rules that bind this client (for denial metrics)."""
@@ -178,46 +239,52 @@ class Router:
         facts: RequestFacts,
         snapshot: Snapshot,
         mask: int,
+        allowed: bytes,
+        routable: bytes | bytearray,
         net: array[float],
-        order: tuple[int, ...],
     ) -> tuple[Candidate, ...]:
-        cfg = self.cfg
-        spill_util = cfg.routing.spill_utilization
+        """Every region with the twin's verdict on it, for the inputs the decision used."""
+        _, _, verdicts = self._twin.explain(allowed, routable, net, snapshot.load, facts.budget_ms)
+        regions = self.cfg.regions
         out = []
-        for i, region in enumerate(cfg.regions):
+        for i, region in enumerate(regions):
             load = snapshot.load[i]
-            util = load / region.capacity
             wait = scoring.wait_ms(load, float(region.capacity), self.service_ms[i])
-            allowed = bool(mask >> i & 1)
-            routable = bool(snapshot.routable[i])
-            why: str | None
-            if not allowed:
-                if self._deny_unknown and facts.location is None:
-                    why = "client location unknown (routing.unknown_location = deny)"
-                else:
-                    why = self.placement.why_not(i, facts) or "not allowed"
-            elif not routable:
-                why = "not routable (no healthy endpoint)"
-            elif order and order[0] == i:
-                why = None
-            elif not region.active and order and cfg.regions[order[0]].active:
-                why = "standby region; an active region is routable"
-            elif util >= spill_util:
-                why = f"utilization {util:.2f} >= spill_utilization {spill_util:.2f}"
-            elif net[i] + wait > facts.budget_ms:
-                why = f"net+wait {net[i] + wait:.1f} ms exceeds budget {facts.budget_ms:.0f} ms"
-            else:
-                why = "not the best: farther or slower than the chosen region"
             out.append(
                 Candidate(
                     region=region.name,
                     role=region.role,
-                    allowed=allowed,
-                    routable=routable,
+                    allowed=bool(mask >> i & 1),
+                    routable=bool(routable[i]),
                     net_ms=round(net[i], 3),
                     wait_ms=round(wait, 3),
-                    util=round(util, 4),
-                    why_not=why,
+                    util=round(load / region.capacity, 4),
+                    why_not=self._why_not(verdicts[i], i, facts, snapshot, net[i] + wait),
                 )
             )
         return tuple(out)
+
+    def _why_not(
+        self, verdict: int, i: int, facts: RequestFacts, snapshot: Snapshot, cost: float
+    ) -> str | None:
+        """The words for one verdict of the twin."""
+        k = _scoring_py
+        if verdict == k.CHOSEN:
+            return None
+        if verdict == k.NOT_ALLOWED:
+            return self.placement.why_not(i, facts) or "not allowed"
+        if verdict == k.NOT_ROUTABLE:
+            if snapshot.last_resort[i]:
+                return (
+                    "held down after recovering (standby_hold_down_s); used only as a last resort"
+                )
+            return "not routable (no healthy endpoint)"
+        if verdict == k.STANDBY_UNUSED:
+            return "standby region; an active region is routable"
+        if verdict == k.BUSY:
+            util = snapshot.load[i] / self.cfg.regions[i].capacity
+            spill = self.cfg.routing.spill_utilization
+            return f"utilization {util:.2f} >= spill_utilization {spill:.2f}"
+        if verdict == k.OVER_BUDGET:
+            return f"net+wait {cost:.1f} ms exceeds budget {facts.budget_ms:.0f} ms"
+        return "not the best: farther or slower than the chosen region"

@@ -10,10 +10,11 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import aiohttp
 
-from gslb.clientip import TrustedProxies
+from gslb.clientip import HeaderSource, TrustedProxies
 from gslb.config import Config, ConfigError, UpstreamTLSConfig
 from gslb.fleet import EndpointState, FleetState
 from gslb.health import HealthEvent, HealthPolicy
@@ -50,6 +51,8 @@ class Runtime:
     # Connect time-out, and idle_timeout_s as the bound on every wait for upstream bytes
     # (the commit window is bounded separately by ttft_timeout_s).
     upstream_timeout: aiohttp.ClientTimeout
+    # The one header that carries the client address from a trusted proxy (geoip config).
+    address_header: HeaderSource = "x-forwarded-for"
     generation: int = 0
 
 
@@ -86,6 +89,7 @@ def build_runtime(
             sock_connect=cfg.proxy.connect_timeout_s,
             sock_read=cfg.proxy.idle_timeout_s,
         ),
+        address_header=cast(HeaderSource, cfg.geoip.forwarded_header),
         generation=previous.generation + 1 if previous is not None else 0,
     )
 

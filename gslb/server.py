@@ -26,8 +26,9 @@ from gslb.accesslog import AccessLog
 from gslb.config import Config, ConfigError
 from gslb.geoip import GeoIP
 from gslb.health import ActiveChecker
-from gslb.limits import Limits
+from gslb.limits import Limits, refusing_factory
 from gslb.loadreport import LoadPoller
+from gslb.logsafety import RefusalLog, Refusals
 from gslb.metrics import Metrics
 from gslb.observe import Observer, Observers
 from gslb.policy import BUDGET_HEADER, CERTS_HEADER, RESIDENCY_HEADER, facts_from_headers
@@ -133,9 +134,18 @@ class Worker:
         )
         await self.runner.setup()
         assert self.runner.server is not None
-        # Our own listener around aiohttp's protocol factory, to add connection limits.
-        self.limits = Limits(self.runner.server, s.max_connections, s.header_timeout_s)
         loop = asyncio.get_running_loop()
+        # Our own listener around aiohttp's protocol factory: connection limits, and gslb's
+        # own answer, metric and rate-limited log line for requests the parser refuses.
+        refusals = Refusals(
+            RefusalLog(call_later=loop.call_later),
+            via=lambda: self.cfg.proxy.via,
+            client_ip=lambda: self.cfg.log.client_ip,
+            on_refused=self.metrics.refused,
+        )
+        self.limits = Limits(
+            refusing_factory(self.runner.server, refusals), s.max_connections, s.header_timeout_s
+        )
         if self.sock is None:
             self.sock = bind_reuseport(
                 host if host is not None else s.listen.host,
@@ -329,6 +339,21 @@ def bind_reuseport(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def ensure_unclaimed(host: str, port: int) -> None:
+    """Raise ``OSError`` (EADDRINUSE) when some socket already listens on ``host:port``.
+
+    SO_REUSEPORT would let a second gslb join a running one's port and take a share of its
+    traffic without a word. On Linux a bind with SO_REUSEADDR but without SO_REUSEPORT fails
+    while any socket listens on the address (even one with SO_REUSEPORT), yet succeeds over
+    TIME_WAIT leftovers of a previous run. The process that starts the listeners probes
+    once; a respawned worker does not, since its siblings hold the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def raise_fd_limit(cfg: Config) -> None:

@@ -8,6 +8,13 @@ in a private directory. The supervisor fans admin calls out to the workers, rela
 a reload (the same validated text to every worker), restarts a worker that dies, and on
 SIGTERM/SIGINT asks every worker to drain and waits for them.
 
+A worker reads its config text on stdin, never from the file: a restarted worker runs the
+config the supervisor last accepted (at start or by a reload), not whatever the file holds
+now, and its listen addresses stay those the supervisor claimed at start.
+
+Before any listener starts, both addresses are probed (``ensure_unclaimed``): a second gslb
+on an address that one already serves refuses to start instead of sharing its port.
+
 Signals: SIGTERM/SIGINT stop gracefully (in-flight requests and streams finish within
 ``server.shutdown_grace_s``); SIGHUP reloads the config; SIGUSR1 reopens the access log file.
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -29,9 +37,10 @@ from pathlib import Path
 from aiohttp import web
 
 from gslb.admin import Admin, load_token
-from gslb.config import Config, ConfigError, HostPort, load_config
+from gslb.config import Config, ConfigError, HostPort, parse_toml
 from gslb.control import LocalControl, RemoteControl, control_app
-from gslb.server import Worker, bind_reuseport, install_uvloop, raise_fd_limit
+from gslb.preflight import ListenOverrides, preflight, read_config
+from gslb.server import Worker, bind_reuseport, ensure_unclaimed, install_uvloop, raise_fd_limit
 
 log = logging.getLogger("gslb.supervisor")
 
@@ -39,10 +48,43 @@ RESPAWN_DELAY_S = 1.0
 WORKER_START_TIMEOUT_S = 60.0
 
 
+class ListenError(Exception):
+    """A listen address that cannot be taken: printed as one line, exit status 1."""
+
+
+def claim(where: HostPort, what: str) -> None:
+    """Refuse to start on an address that something (another gslb?) already listens on."""
+    try:
+        ensure_unclaimed(where.host, where.port)
+    except OSError as exc:
+        raise ListenError(_listen_message(where, what, exc)) from None
+
+
+def _listen_message(where: HostPort, what: str, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where} ({what}): address already in use (is gslb running?)"
+    return f"cannot listen on {where} ({what}): {exc.strerror or exc}"
+
+
+class PinnedWorker(Worker):
+    """A worker whose listen addresses survive reloads (see ``ListenOverrides``)."""
+
+    def __init__(self, cfg: Config, pins: ListenOverrides, sock: socket.socket) -> None:
+        super().__init__(pins.apply(cfg), sock=sock)
+        self.pins = pins
+
+    async def reload(self, cfg: Config) -> None:
+        await super().reload(self.pins.apply(cfg))
+
+
 async def start_admin(admin: Admin, where: HostPort) -> web.AppRunner:
     runner = web.AppRunner(admin.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, where.host, where.port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, where.host, where.port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(_listen_message(where, "admin listener", exc)) from None
     return runner
 
 
@@ -68,14 +110,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def run_single(cfg: Config, path: str, sock: socket.socket) -> None:
+async def run_single(
+    cfg: Config, path: str, sock: socket.socket, overrides: ListenOverrides
+) -> None:
     raise_fd_limit(cfg)
-    worker = Worker(cfg, sock=sock)
+    worker = PinnedWorker(cfg, overrides, sock)
     await worker.start()
     settle_heap()
     control = LocalControl(worker, path)
     admin = Admin(control, load_token(cfg.admin))
-    admin_runner = await start_admin(admin, cfg.server.admin_listen)
+    try:
+        admin_runner = await start_admin(admin, cfg.server.admin_listen)
+    except ListenError:
+        await worker.stop()
+        raise
     stop = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -102,12 +150,18 @@ async def run_single(cfg: Config, path: str, sock: socket.socket) -> None:
 # --------------------------------------------------------------------------- worker process
 
 
-async def run_worker_process(path: str, control_sock: str) -> None:
-    """The body of ``gslb _worker``: one data-plane process under a supervisor."""
-    cfg = load_config(path)
+async def run_worker_process(
+    text: str, path: str, control_sock: str, pins: ListenOverrides
+) -> None:
+    """The body of ``gslb _worker``: one data-plane process under a supervisor.
+
+    ``text`` is the config the supervisor accepted (read from stdin), parsed with the
+    file's ``path`` as its source; the file itself is not read.
+    """
+    cfg = pins.apply(parse_toml(text, path))
     raise_fd_limit(cfg)
     listen = cfg.server.listen
-    worker = Worker(cfg, sock=bind_reuseport(listen.host, listen.port))
+    worker = PinnedWorker(cfg, pins, bind_reuseport(listen.host, listen.port))
     await worker.start()
     settle_heap()
     runner = web.AppRunner(control_app(LocalControl(worker, path)), access_log=None)
@@ -125,10 +179,17 @@ async def run_worker_process(path: str, control_sock: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, path: str, workers: int) -> None:
+    def __init__(
+        self, cfg: Config, text: str, path: str, workers: int, overrides: ListenOverrides
+    ) -> None:
         self.cfg = cfg
+        self.text = text  # the config last accepted: what a (re)started worker runs
         self.path = str(Path(path).resolve())
         self.n = workers
+        self.overrides = overrides  # --listen / --admin-listen, for configs read on reload
+        # Workers keep the addresses claimed at start: a reload cannot move a listener, and
+        # a restarted worker must bind where its siblings listen.
+        self.pins = ListenOverrides(cfg.server.listen, cfg.server.admin_listen)
         self.rundir = tempfile.mkdtemp(prefix="gslb-")  # mode 0700: only we reach the sockets
         self.sockets = [os.path.join(self.rundir, f"worker-{i}.sock") for i in range(workers)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * workers
@@ -137,10 +198,17 @@ class Supervisor:
     async def spawn(self, i: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sockets[i])
-        self.procs[i] = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gslb", "--log-level", self.cfg.log.level, "_worker",
-            "--config", self.path, "--control", self.sockets[i],
+            "--config", self.path, "--control", self.sockets[i], *self.pins.args(),
+            stdin=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        self.procs[i] = proc
+        assert proc.stdin is not None
+        proc.stdin.write(self.text.encode("utf-8"))
+        with contextlib.suppress(ConnectionError):  # it died at once: watch() restarts it
+            await proc.stdin.drain()
+        proc.stdin.close()
 
     async def wait_ready(self, control: RemoteControl) -> None:
         loop = asyncio.get_running_loop()
@@ -205,14 +273,24 @@ class Supervisor:
 
     async def reload(self, control: RemoteControl, admin: Admin) -> None:
         try:
-            text = Path(self.path).read_text(encoding="utf-8")
-            cfg = load_config(self.path)
-        except (OSError, ConfigError) as exc:
+            text, raw = read_config(self.path)  # one read: the text checked is the text sent
+            cfg = self.overrides.apply(raw)
+            # A worker restarted later starts from this config: refuse what it could not.
+            await asyncio.to_thread(preflight, cfg)
+        except ConfigError as exc:
             log.error("reload refused: %s", exc)
             return
+        if (cfg.server.listen, cfg.server.admin_listen) != (
+            self.pins.listen,
+            self.pins.admin_listen,
+        ):
+            log.warning(
+                "reload: server.listen and server.admin_listen changes take effect on restart"
+            )
         result = await control.reload(text)
         if result["ok"]:
             self.cfg = cfg
+            self.text = text
             admin.token = load_token(cfg.admin)
         else:
             log.error("reload failed: %s", result.get("error"))
@@ -227,21 +305,38 @@ class Supervisor:
 # --------------------------------------------------------------------------- entry points
 
 
-def serve(cfg: Config, path: str, workers: int | None = None) -> int:
-    """Run until SIGTERM/SIGINT. Returns an exit status."""
+def serve(
+    cfg: Config,
+    text: str,
+    path: str,
+    workers: int | None = None,
+    overrides: ListenOverrides | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT. Returns an exit status.
+
+    ``cfg`` is ``text`` (the file at ``path``) parsed, with ``overrides`` applied, and has
+    passed ``preflight``.
+    """
     install_uvloop()
+    overrides = overrides or ListenOverrides()
     n = workers or cfg.server.workers
     listen = cfg.server.listen
     try:
+        claim(listen, "public listener")
+        claim(cfg.server.admin_listen, "admin listener")
         if n == 1:
-            sock = bind_reuseport(listen.host, listen.port)
-            asyncio.run(run_single(cfg, path, sock))
+            try:
+                sock = bind_reuseport(listen.host, listen.port)
+            except OSError as exc:
+                raise ListenError(_listen_message(listen, "public listener", exc)) from None
+            asyncio.run(run_single(cfg, path, sock, overrides))
         else:
-            # Fail fast on a busy port before starting workers.
-            bind_reuseport(listen.host, listen.port).close()
-            asyncio.run(Supervisor(cfg, path, n).run())
+            asyncio.run(Supervisor(cfg, text, path, n, overrides).run())
+    except ListenError as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"gslb: cannot listen: {exc}", file=sys.stderr)
+        print(f"gslb: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
         print(f"gslb: {exc}", file=sys.stderr)

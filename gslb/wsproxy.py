@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gslb.fleet import Outcome
-from gslb.headers import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from gslb.proxy import Proxy, _Attempt
@@ -19,28 +19,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("gslb.ws")
 
 # aiohttp's client makes its own handshake; these belong to the client's handshake with us.
+# Everything else follows the proxy's header rules (headers.upstream_headers), like HTTP.
 _HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "host"}
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "host",
+        "content-length",
+    }
 )
 
 
 async def relay_websocket(
-    proxy: Proxy, request: web.Request, rt: Runtime, order: tuple[int, ...], st: _Attempt
+    proxy: Proxy,
+    request: web.Request,
+    rt: Runtime,
+    order: tuple[int, ...],
+    st: _Attempt,
+    upstream_headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     from gslb.proxy import GslbError
 
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
-    headers = {
-        k: v
-        for k, v in request.headers.items()
-        if k.lower() not in HOP_BY_HOP
-        and k.lower() not in _HANDSHAKE
-        and k.lower() != "sec-websocket-protocol"
-        and not k.lower().startswith("x-gslb-")
-    }
-    headers["X-Request-Id"] = st.request_id
+    headers = CIMultiDict(
+        (k, v) for k, v in upstream_headers.items() if k.lower() not in _HANDSHAKE
+    )
+    idle_s = rt.cfg.proxy.idle_timeout_s
     for region_index in order[: rt.cfg.routing.max_attempts]:
         ep = rt.fleet.pick(region_index, proxy.clock())
         if ep is None:
@@ -53,12 +61,18 @@ async def relay_websocket(
                 url,
                 headers=headers,
                 protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_close=rt.cfg.proxy.idle_timeout_s),
+                timeout=aiohttp.ClientWSTimeout(ws_close=idle_s),
                 autoping=True,
+                ssl=rt.upstream_ssl[ep.region],
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             proxy._report(rt, ep, Outcome.CONNECT_ERROR)
-            log.info("request %s: websocket upstream %s failed: %s", st.request_id, ep.url, exc)
+            log.info(
+                "request %s: websocket upstream %s failed: %s",
+                st.request_id,
+                ep.url,
+                type(exc).__name__,
+            )
             continue
         rt.fleet.acquire(ep)
         try:
@@ -67,7 +81,8 @@ async def relay_websocket(
             )
             await client.prepare(request)
             st.status = 101
-            await _pump_both(client, upstream)
+            if await _pump_both(client, upstream, idle_s):
+                log.info("request %s: websocket idle for %.0fs; closed", st.request_id, idle_s)
             proxy._report(rt, ep, Outcome.SUCCESS)
             return client
         finally:
@@ -76,30 +91,61 @@ async def relay_websocket(
     raise GslbError(502, "upstream_unavailable", "no upstream accepted the websocket")
 
 
+class _Idle:
+    """When the last message crossed, either way: a socket is idle only if both are quiet."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+
+    def touch(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+
+    def left(self, idle_s: float) -> float:
+        return self.last + idle_s - asyncio.get_running_loop().time()
+
+
 async def _pump(
     src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-) -> None:
-    async for msg in src:
+    idle: _Idle,
+    idle_s: float,
+) -> bool:
+    """Relay messages from ``src`` to ``dst``; True when it stopped because both were idle."""
+    while True:
+        left = idle.left(idle_s)
+        if left <= 0:
+            await dst.close()
+            return True
+        try:
+            msg = await src.receive(timeout=left)
+        except TimeoutError:
+            continue  # the other direction may have been busy meanwhile: check again
         if msg.type == aiohttp.WSMsgType.TEXT:
+            idle.touch()
             await dst.send_str(msg.data)
         elif msg.type == aiohttp.WSMsgType.BINARY:
+            idle.touch()
             await dst.send_bytes(msg.data)
         else:
-            break
-    await dst.close()
+            await dst.close()
+            return False
 
 
 async def _pump_both(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-) -> None:
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, idle_s: float
+) -> bool:
+    """Relay both ways until either side closes or both are silent for ``idle_s``."""
+    idle = _Idle()
     tasks = [
-        asyncio.ensure_future(_pump(client, upstream)),
-        asyncio.ensure_future(_pump(upstream, client)),
+        asyncio.ensure_future(_pump(client, upstream, idle, idle_s)),
+        asyncio.ensure_future(_pump(upstream, client, idle, idle_s)),
     ]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    return any(not t.cancelled() and t.exception() is None and t.result() for t in done)

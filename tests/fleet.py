@@ -22,9 +22,17 @@ def fleet_toml(
     extra: str = "",
     regions: list[tuple] | None = None,  # type: ignore[type-arg]
     region_extra: dict[str, str] | None = None,
+    geoip: str = "",
 ) -> str:
-    """A TOML config for ``regions`` (default ``REGIONS``); ``urls``: region -> endpoint URLs."""
-    parts = [extra]
+    """A TOML config for ``regions`` (default ``REGIONS``); ``urls``: region -> endpoint URLs.
+
+    ``geoip`` holds extra lines of the ``[geoip]`` table, which this always writes: the fleet
+    has residency rules, so the edge must say which country it stands in (New York, the
+    default ``edge_location``).
+    """
+    if "edge_country" not in geoip:
+        geoip = f'edge_country = "US"\n{geoip}'
+    parts = [extra, f"[geoip]\n{geoip}\n"]
     for i, (name, (lat, lon), provider, tier, jur, role, cap, certs) in enumerate(
         regions or REGIONS
     ):

@@ -46,7 +46,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.records: list[RequestRecord] = []
-        self.denied: list[tuple[str, ...]] = []
+        self.denials: list[tuple[str, tuple[str, ...]]] = []
         self.decisions = 0
 
     def request_done(self, record: RequestRecord) -> None:
@@ -55,8 +55,8 @@ class Recorder:
     def decision_made(self, seconds: float) -> None:
         self.decisions += 1
 
-    def residency_denied(self, rules: tuple[str, ...]) -> None:
-        self.denied.append(rules)
+    def denied(self, cause: str, rules: tuple[str, ...]) -> None:
+        self.denials.append((cause, rules))
 
 
 class Upstream:
@@ -96,7 +96,7 @@ class Upstream:
         self.last_headers = list(request.headers.items())
         await request.read()
         if self.mode == "503":
-            return web.json_response({"busy": True}, status=503)
+            return web.json_response({"busy": self.name}, status=503, headers={"Retry-After": "7"})
         if self.mode == "hang":
             await asyncio.Event().wait()
         resp = web.StreamResponse(headers={"X-Upstream": self.name})
@@ -129,6 +129,7 @@ class Upstream:
         )
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        self.last_headers = list(request.headers.items())
         ws = web.WebSocketResponse(protocols=("chat",))
         await ws.prepare(request)
         async for msg in ws:
@@ -180,6 +181,7 @@ async def stack(
     trusted: tuple[str, ...] = ("127.0.0.0/8", "::1/128"),
     admin_token: str | None = None,
     access_log: str = "off",
+    geoip: str = "",
 ) -> AsyncIterator[Stack]:
     """Start every region of ``regions`` (default: the shared test fleet) and a gslb worker.
 
@@ -211,14 +213,13 @@ async def stack(
     header = f"""
 [log]
 access = "{access_log}"
-
-[geoip]
-database = "{mmdb}"
-trusted_proxies = {list(trusted)!r}
 {extra}
 """
+    geoip_lines = f'database = "{mmdb}"\ntrusted_proxies = {list(trusted)!r}\n{geoip}'
     # Extra sections (TOML tables) first, then the regions and residency rules.
-    text = header + fleet_toml(urls=urls, regions=regions, region_extra=region_extra)
+    text = header + fleet_toml(
+        urls=urls, regions=regions, region_extra=region_extra, geoip=geoip_lines
+    )
     text = text.replace("'", '"')
     config_path = tmp / "gslb.toml"
     config_path.write_text(text)

@@ -43,14 +43,16 @@ async def test_metrics_count_real_traffic(tmp_path: Path) -> None:
             async with s.request("POST", "/v1/chat/completions", ip, json=CHAT) as r:
                 assert r.status == 200
         async with s.request("GET", "/v1/models", TORONTO, headers={"X-GSLB-Residency": "US"}):
-            pass  # a Canadian asking for the US: denied by residency
+            pass  # a Canadian asking for the US: its own header emptied its allowed set
         m = await scrape(s)
         req = "gslb_requests_total"
         assert m[(req, (("code", "2xx"), ("region", "ca-central"), ("route", "local")))] == 2
         assert m[(req, (("code", "2xx"), ("region", "us-east"), ("route", "local")))] == 1
         assert m[(req, (("code", "2xx"), ("region", "eu-central"), ("route", "local")))] == 1
         assert m[(req, (("code", "5xx"), ("region", "none"), ("route", "no-region")))] == 1
-        assert m[("gslb_residency_denied_total", (("rule", "canada"),))] == 1
+        # Counted as narrowed, not against the canada rule (the request did it to itself).
+        assert m[("gslb_denied_total", (("cause", "narrowed"),))] == 1
+        assert ("gslb_residency_denied_total", (("rule", "canada"),)) not in m
         assert m[("gslb_ttfb_seconds_count", (("region", "ca-central"),))] == 2
         assert m[("gslb_request_duration_seconds_count", (("region", "eu-central"),))] == 1
         assert m[("gslb_decision_seconds_count", ())] == 5

@@ -7,7 +7,16 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from gslb.clientip import MAX_HOPS, TrustedProxies, client_ip, parse_ip, truncate_ip
+from gslb.clientip import (
+    LIST_HEADERS,
+    MAX_HOPS,
+    SINGLE_HEADERS,
+    HeaderSource,
+    TrustedProxies,
+    client_ip,
+    parse_ip,
+    truncate_ip,
+)
 
 TRUSTED = TrustedProxies(["10.0.0.0/8", "192.168.1.1/32", "2001:db8:100::/48", "::1"])
 NONE = TrustedProxies([])
@@ -23,7 +32,13 @@ def resolve(
     fwd: list[str] | None = None,
     trusted: TrustedProxies = TRUSTED,
 ) -> str | None:
-    result = client_ip(peer, xff or [], fwd or [], trusted)
+    """Resolve with ``X-Forwarded-For`` as the configured header, or ``Forwarded`` when only
+    ``fwd`` is given; with both, each source is resolved and must agree with the other's
+    header ignored (only the configured header ever counts)."""
+    if xff is None and fwd is not None:
+        result = client_ip(peer, fwd, trusted, "forwarded")
+    else:
+        result = client_ip(peer, xff or [], trusted, "x-forwarded-for")
     return None if result is None else str(result)
 
 
@@ -217,8 +232,10 @@ def test_trusted_non_string_entry() -> None:
 # --- client_ip: trust boundary -------------------------------------------------------
 
 
-def test_untrusted_peer_ignores_spoofed_headers() -> None:
-    assert resolve("203.0.113.7", ["1.1.1.1"], ["for=8.8.8.8"]) == "203.0.113.7"
+@pytest.mark.parametrize("source", [*LIST_HEADERS, *SINGLE_HEADERS])
+def test_untrusted_peer_ignores_spoofed_headers(source: HeaderSource) -> None:
+    for value in ("1.1.1.1", "for=8.8.8.8"):
+        assert str(client_ip("203.0.113.7", [value], TRUSTED, source)) == "203.0.113.7"
 
 
 def test_no_trusted_proxies_always_peer() -> None:
@@ -227,7 +244,8 @@ def test_no_trusted_proxies_always_peer() -> None:
 
 def test_trusted_peer_without_headers_is_client() -> None:
     assert resolve("10.0.0.1") == "10.0.0.1"
-    assert resolve("10.0.0.1", ["", "  "], [" "]) == "10.0.0.1"
+    assert resolve("10.0.0.1", ["", "  "]) == "10.0.0.1"
+    assert resolve("10.0.0.1", fwd=[" "]) == "10.0.0.1"
 
 
 @pytest.mark.parametrize("peer", [None, "", "garbage", "unknown", "/run/gslb.sock"])
@@ -346,22 +364,33 @@ def test_forwarded_unparseable_hops(fwd: list[str], expected: str) -> None:
     assert resolve("10.0.0.1", fwd=fwd) == expected
 
 
-def test_forwarded_preferred_over_xff() -> None:
-    assert resolve("10.0.0.1", ["2.2.2.2"], ["for=1.1.1.1"]) == "1.1.1.1"
-
-
-def test_forwarded_without_for_falls_back_to_xff() -> None:
-    # Some proxies send Forwarded only for proto/host and carry addresses in XFF.
-    assert resolve("10.0.0.1", ["2.2.2.2"], ["proto=https;host=x.example"]) == "2.2.2.2"
-    assert resolve("10.0.0.1", ["2.2.2.2"], [""]) == "2.2.2.2"
-
-
-def test_source_pins_header() -> None:
+def test_only_the_configured_header_counts() -> None:
+    # A trusted front proxy appends X-Forwarded-For and passes the client's own Forwarded
+    # through: believing "whichever header has for=" would let the client choose its country.
     xff, fwd = ["2.2.2.2"], ["for=1.1.1.1"]
-    assert str(client_ip("10.0.0.1", xff, fwd, TRUSTED, source="x-forwarded-for")) == "2.2.2.2"
-    assert str(client_ip("10.0.0.1", xff, fwd, TRUSTED, source="forwarded")) == "1.1.1.1"
-    # Pinned to Forwarded and it has no for=: XFF is still ignored, the peer is the client.
-    assert str(client_ip("10.0.0.1", xff, [], TRUSTED, source="forwarded")) == "10.0.0.1"
+    assert str(client_ip("10.0.0.1", xff, TRUSTED, "x-forwarded-for")) == "2.2.2.2"
+    assert str(client_ip("10.0.0.1", fwd, TRUSTED, "forwarded")) == "1.1.1.1"
+    # Pinned to Forwarded and it has no for=: the peer is the client.
+    proto_only = ["proto=https;host=x.example"]
+    assert str(client_ip("10.0.0.1", proto_only, TRUSTED, "forwarded")) == "10.0.0.1"
+
+
+@pytest.mark.parametrize("source", SINGLE_HEADERS)
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["1.1.1.1"], "1.1.1.1"),
+        ([" [2001:4860::8]:443 "], "2001:4860::8"),
+        (["10.0.0.9"], "10.0.0.9"),  # a trusted address is still what the proxy says
+        ([], "10.0.0.1"),
+        (["unknown"], "10.0.0.1"),
+        (["1.1.1.1, 2.2.2.2"], "10.0.0.1"),  # appended, not overwritten: not believed
+        (["1.1.1.1", "2.2.2.2"], "10.0.0.1"),  # two lines: which one did the proxy write?
+        (["x" * 500], "10.0.0.1"),
+    ],
+)
+def test_single_address_headers(source: HeaderSource, lines: list[str], expected: str) -> None:
+    assert str(client_ip("10.0.0.1", lines, TRUSTED, source)) == expected
 
 
 # --- client_ip: IPv6 ------------------------------------------------------------------
@@ -382,7 +411,7 @@ def test_mixed_families_in_chain() -> None:
 
 
 def test_mapped_hop_returned_as_ipv4() -> None:
-    result = client_ip("10.0.0.1", ["::ffff:1.1.1.1"], [], TRUSTED)
+    result = client_ip("10.0.0.1", ["::ffff:1.1.1.1"], TRUSTED)
     assert isinstance(result, IPv4Address) and str(result) == "1.1.1.1"
 
 
@@ -448,9 +477,10 @@ def test_many_empty_elements() -> None:
 )
 def test_junk_never_raises(junk: str) -> None:
     for trusted in (TRUSTED, NONE):
-        client_ip("10.0.0.1", [junk], [junk], trusted)
-        client_ip(junk, [junk], [], trusted)
-        client_ip("10.0.0.1", [junk, "1.1.1.1"], [], trusted)
+        for source in (*LIST_HEADERS, *SINGLE_HEADERS):
+            client_ip("10.0.0.1", [junk], trusted, source)
+            client_ip(junk, [junk], trusted, source)
+            client_ip("10.0.0.1", [junk, "1.1.1.1"], trusted, source)
 
 
 def test_non_string_header_values_are_ignored() -> None:

@@ -115,7 +115,9 @@ def test_out_of_range_numbers() -> None:
 
 def test_residency_groups_and_unknown_codes() -> None:
     ok = parse_toml(
-        MINIMAL + '[[residency]]\nname = "eu"\ncountries = ["EEA"]\nallow_jurisdictions = ["EU"]\n'
+        '[geoip]\nedge_country = "DE"\n'
+        + MINIMAL
+        + '[[residency]]\nname = "eu"\ncountries = ["EEA"]\nallow_jurisdictions = ["EU"]\n'
     )
     assert len(ok.residency[0].countries) == 30 and len(ok.residency[0].allow_jurisdictions) == 27
     err = error_of(
@@ -179,3 +181,35 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "regions[0].capacity: must be >= 1" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+EU_RULE = '[[residency]]\nname = "eu"\ncountries = ["EEA"]\nallow_jurisdictions = ["EU"]\n'
+
+
+def test_unplaceable_clients_need_an_explicit_choice() -> None:
+    # Residency rules and the default policy: the edge must say which country it stands in.
+    err = error_of(MINIMAL + EU_RULE)
+    assert err.path == "geoip.edge_country" and "deny" in err.message
+    # The old "edge" value routed unplaceable clients with no residency rule: refused.
+    err = error_of('[routing]\nunknown_location = "edge"\n' + MINIMAL + EU_RULE)
+    assert err.path == "routing.unknown_location" and "unrestricted" in err.message
+    for choice in ("deny", "unrestricted"):
+        cfg = parse_toml(f'[routing]\nunknown_location = "{choice}"\n' + MINIMAL + EU_RULE)
+        assert cfg.routing.unknown_location == choice and cfg.geoip.edge_country == ""
+    cfg = parse_toml('[geoip]\nedge_country = "FR"\n' + MINIMAL + EU_RULE)
+    assert (cfg.routing.unknown_location, cfg.geoip.edge_country) == ("edge_country", "FR")
+    assert error_of('[geoip]\nedge_country = "XX"\n' + MINIMAL).path == "geoip.edge_country"
+    # Without residency rules there is nothing to escape: no edge country needed.
+    assert parse_toml(MINIMAL).geoip.edge_country == ""
+
+
+def test_forwarded_header_names_exactly_one_header() -> None:
+    err = error_of('[geoip]\nforwarded_header = "auto"\n' + MINIMAL)
+    assert err.path == "geoip.forwarded_header" and "x-forwarded-for" in err.message
+    assert parse_toml(MINIMAL).geoip.forwarded_header == "x-forwarded-for"
+    for name in ("forwarded", "X-Real-IP", "true-client-ip", "cf-connecting-ip"):
+        cfg = parse_toml(f'[geoip]\nforwarded_header = "{name}"\n' + MINIMAL)
+        assert cfg.geoip.forwarded_header == name.lower()
+    assert error_of('[geoip]\nforwarded_header = "via"\n' + MINIMAL).path == (
+        "geoip.forwarded_header"
+    )

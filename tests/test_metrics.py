@@ -179,8 +179,9 @@ def test_no_request_data_in_labels(metrics: Metrics) -> None:
 
 
 def test_residency_decisions_reloads_health(metrics: Metrics) -> None:
-    metrics.residency_denied(("canada",))
-    metrics.residency_denied(("canada", "eu"))
+    metrics.denied("residency", ("canada",))
+    metrics.denied("residency", ("canada", "eu"))
+    metrics.denied("narrowed", ())
     for s in (2e-6, 4e-6, 2e-3):
         metrics.decision_made(s)
     metrics.reload_result(True)
@@ -197,6 +198,9 @@ def test_residency_decisions_reloads_health(metrics: Metrics) -> None:
     text = metrics.exposition()
     assert value(text, "gslb_residency_denied_total", rule="canada") == 2
     assert value(text, "gslb_residency_denied_total", rule="eu") == 1
+    assert value(text, "gslb_denied_total", cause="residency") == 2
+    assert value(text, "gslb_denied_total", cause="narrowed") == 1
+    assert value(text, "gslb_denied_total", cause="unplaceable") == 0
     assert value(text, "gslb_decision_seconds_count") == 3
     assert value(text, "gslb_decision_seconds_sum") == pytest.approx(2.006e-3)
     assert value(text, "gslb_decision_seconds_bucket", le="5e-06") == 2

@@ -116,7 +116,7 @@ async def test_canadian_traffic_stays_in_canada_when_saturated_or_down(tmp_path:
             assert resp.headers["Retry-After"]
         after = {n: f.stats.requests_total for n, f in s.fakes.items()}
         assert before == after
-        assert s.recorder.denied[-1] == ("canada",)
+        assert s.recorder.denials[-1] == ("residency", ("canada",))
 
 
 async def test_residency_holds_when_the_pinned_region_fails_mid_decision(tmp_path: Path) -> None:
@@ -577,8 +577,9 @@ async def test_stalled_stream_after_commit_is_cut_at_idle_timeout(tmp_path: Path
 
 
 async def test_an_internal_bug_is_a_json_500_never_a_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="gslb")
     async with stack(tmp_path) as s:
 
         def broken(*args: object, **kwargs: object) -> None:
@@ -592,6 +593,11 @@ async def test_an_internal_bug_is_a_json_500_never_a_traceback(
         assert doc["error"] == "internal_error" and doc["request_id"]
         assert "Traceback" not in text and "secret internal detail" not in text
         assert s.recorder.records[-1].status == 500
+        # The log says what broke and where, but not the exception's words (they may quote
+        # a client's header or path).
+        line = next(r.getMessage() for r in caplog.records if "internal error" in r.getMessage())
+        assert doc["request_id"] in line and "RuntimeError at" in line and "broken" in line
+        assert "secret internal detail" not in caplog.text
         monkeypatch.undo()
         async with s.request("GET", "/v1/models", NEW_YORK) as resp:
             assert resp.status == 200  # and the worker keeps serving

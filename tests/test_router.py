@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gslb import scoring
@@ -16,6 +18,7 @@ NEW_YORK = Location("US", "NA", 40.71, -74.01)
 FRANKFURT = Location("DE", "EU", 50.11, 8.68)
 SINGAPORE = Location("SG", "AS", 1.29, 103.85)
 SAO_PAULO = Location("BR", "SA", -23.55, -46.63)
+NO_FACTS = RequestFacts(None, 300)
 
 
 @pytest.fixture
@@ -116,19 +119,41 @@ def test_fallbacks_stay_in_the_allowed_set(router: Router) -> None:
     assert d.region == "us-east" and d.fallbacks == ("ca-central",)
 
 
-def test_unknown_location_edge_and_deny() -> None:
-    edge = Router(fleet_config(extra="[geoip]\nedge_location = [50.11, 8.68]"))
-    assert decide(edge, None).region == "eu-central"
+def test_unplaceable_client_gets_the_edge_countrys_residency() -> None:
+    # The edge stands in Canada but its coordinates are Frankfurt's: an unplaceable client is
+    # modeled at the edge point (eu-central is nearest) yet bound by the Canadian rule.
+    r = Router(fleet_config(geoip='edge_country = "CA"\nedge_location = [50.11, 8.68]'))
+    d = decide(r, None)
+    assert d.region == "ca-central"
+    assert set(d.fallbacks) <= {"ca-central", "ca-west"}
+    eu = next(c for c in d.candidates if c.region == "eu-central")
+    assert not eu.allowed and "canada" in (eu.why_not or "")
+    # A country-less GeoIP record is unplaceable too.
+    assert decide(r, Location(None, "EU", 50.11, 8.68)).region == "ca-central"
+    # A US edge applies US rules (none here): the nearest region to the edge point wins.
+    us_edge = Router(fleet_config(geoip="edge_location = [50.11, 8.68]"))
+    assert decide(us_edge, None).region == "eu-central"
+
+
+def test_unplaceable_client_deny_and_unrestricted() -> None:
     deny = Router(fleet_config(extra='[routing]\nunknown_location = "deny"'))
     d = decide(deny, None)
     assert d.reason == "no-region"
     assert all("unknown" in (c.why_not or "") for c in d.candidates)
+    assert deny.denial(NO_FACTS, deny.new_snapshot()).cause == "unplaceable"
     # A located client is unaffected by the deny setting.
     assert decide(deny, NEW_YORK).region == "us-east"
+    free = Router(
+        fleet_config(
+            extra='[routing]\nunknown_location = "unrestricted"',
+            geoip='edge_country = "CA"\nedge_location = [50.11, 8.68]',
+        )
+    )
+    assert decide(free, None).region == "eu-central"  # the operator said so
 
 
 def test_country_without_coordinates_uses_the_edge_point_but_keeps_residency() -> None:
-    r = Router(fleet_config(extra="[geoip]\nedge_location = [1.35, 103.82]"))
+    r = Router(fleet_config(geoip="edge_location = [1.35, 103.82]"))
     d = decide(r, Location("CA", "NA"))
     assert d.region == "ca-central"  # residency still pins it; distance came from the edge
 
@@ -174,3 +199,113 @@ def test_held_down_regions_are_a_last_resort_not_a_refusal(router: Router) -> No
     # While the standby serves, the held-down region waits out its hold-down.
     snap.set("ca-west", routable=True)
     assert decide(router, TORONTO, snap).region == "ca-west"
+
+
+# --- denials name their real cause ------------------------------------------------------
+
+
+def test_denial_blames_the_clients_own_narrowing_not_residency(router: Router) -> None:
+    snap = router.new_snapshot()
+    # A Toronto client asking for EU processing: its own header emptied the allowed set.
+    facts = RequestFacts(TORONTO, 300, residency=frozenset({"DE"}))
+    assert router.decide(facts, snap).region is None
+    d = router.denial(facts, snap)
+    assert (d.cause, d.rules) == ("narrowed", ())
+    assert "X-GSLB-Residency" in d.message and "residency rule" not in d.message
+    # A certification no allowed region holds, asked for by the request itself.
+    facts = RequestFacts(TORONTO, 300, certifications=frozenset({"fedramp"}))
+    assert router.denial(facts, snap).cause == "narrowed"
+
+
+def test_denial_counts_residency_only_when_the_rule_is_the_cause(router: Router) -> None:
+    snap = router.new_snapshot()
+    snap.set("ca-central", routable=False)
+    snap.set("ca-west", routable=False)
+    facts = RequestFacts(TORONTO, 300)
+    assert router.decide(facts, snap).region is None
+    d = router.denial(facts, snap)
+    assert (d.cause, d.rules) == ("residency", ("canada",))
+    assert "canada" in d.message and "CA" in d.message
+    # Narrowing to Canada while Canada is down: the rule binds anyway, so it is residency.
+    narrowed = RequestFacts(TORONTO, 300, residency=frozenset({"CA"}))
+    assert router.denial(narrowed, snap).cause == "residency"
+    # A US client with every region down: no rule involved.
+    for name in router.names:
+        snap.set(name, routable=False)
+    assert router.denial(RequestFacts(NEW_YORK, 300), snap).cause == "unavailable"
+
+
+# --- explanations agree with the decision --------------------------------------------
+
+
+def test_held_down_region_chosen_as_last_resort_is_explained_as_chosen(router: Router) -> None:
+    snap = router.new_snapshot()
+    ca = snap.index("ca-central")
+    snap.routable[ca] = 0  # held down after recovering: last resort only
+    snap.routable[snap.index("ca-west")] = snap.last_resort[snap.index("ca-west")] = 0
+    d = decide(router, TORONTO, snap)
+    assert d.region == "ca-central"
+    chosen = [c for c in d.candidates if c.why_not is None]
+    assert [c.region for c in chosen] == ["ca-central"]
+    # With another region up, the held-down one is explained as held down, not as broken.
+    snap.routable[snap.index("ca-west")] = snap.last_resort[snap.index("ca-west")] = 1
+    d = decide(router, TORONTO, snap)
+    assert d.region == "ca-west"
+    held = next(c for c in d.candidates if c.region == "ca-central")
+    assert "held down" in (held.why_not or "")
+
+
+def _random_fleet(rnd: random.Random) -> tuple[Router, Snapshot, RequestFacts]:
+    regions = []
+    for i in range(rnd.randint(1, 9)):
+        regions.append(
+            (
+                f"r{i}",
+                (rnd.uniform(-60, 60), rnd.uniform(-170, 170)),
+                rnd.choice(["aws", "gcp"]),
+                "hyperscaler",
+                rnd.choice(["US", "CA", "DE", "FR", "SG"]),
+                rnd.choice(["active", "active", "standby"]),
+                rnd.randint(1, 12),
+                rnd.sample(["soc2", "hipaa"], rnd.randint(0, 2)),
+            )
+        )
+    extra = (
+        f"[routing]\nspill_utilization = {rnd.choice([0.5, 0.85, 1.0])}\n"
+        f"spill_penalty_ms = {rnd.choice([0, 10, 40])}\n"
+    )
+    router = Router(fleet_config(regions=regions, extra=extra), backend=_backend())
+    snap = router.new_snapshot()
+    for i in range(len(regions)):
+        snap.load[i] = rnd.choice([0.0, rnd.uniform(0, 30)])
+        snap.last_resort[i] = 1 if rnd.random() < 0.8 else 0
+        snap.routable[i] = snap.last_resort[i] if rnd.random() < 0.8 else 0
+    loc = rnd.choice([TORONTO, NEW_YORK, FRANKFURT, SINGAPORE, None])
+    facts = RequestFacts(
+        loc,
+        rnd.choice([20.0, 150.0, 300.0, 5000.0]),
+        certifications=frozenset(rnd.sample(["soc2", "hipaa"], rnd.randint(0, 1))),
+        residency=rnd.choice([None, frozenset({"US", "CA"}), frozenset({"SG"})]),
+    )
+    return router, snap, facts
+
+
+def _backend():  # type: ignore[no-untyped-def]
+    return scoring.backends().get("cython") or scoring.backends()["python"]
+
+
+def test_explanations_agree_with_the_compiled_kernel_over_random_fleets() -> None:
+    rnd = random.Random(20261129)
+    for _ in range(1500):
+        router, snap, facts = _random_fleet(rnd)
+        fast = router.decide(facts, snap)  # the request path: compiled kernel, cut to max_attempts
+        full = router.decide(facts, snap, explain=True)
+        assert full.region == fast.region and full.reason == fast.reason
+        assert full.order[: len(fast.order)] == fast.order
+        chosen = [c.region for c in full.candidates if c.why_not is None]
+        assert chosen == ([full.region] if full.region else [])
+        for c, i in zip(full.candidates, range(len(router.names)), strict=True):
+            if not c.allowed:
+                assert c.why_not and i not in full.order
+            elif i in full.order[1:]:
+                assert c.why_not and "not allowed" not in c.why_not

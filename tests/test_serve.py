@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -57,9 +57,20 @@ async def wait_http(url: str, timeout: float = 30.0, ssl_ctx: ssl.SSLContext | N
 
 @asynccontextmanager
 async def served(
-    tmp: Path, workers: int, extra: str = "", fakes_opts: dict[str, FakeRegionOptions] | None = None
+    tmp: Path,
+    workers: int,
+    extra: str = "",
+    fakes_opts: dict[str, FakeRegionOptions] | None = None,
+    *,
+    args: Sequence[str] = (),
+    ready_url: str | None = None,
+    log: Path | None = None,
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, str, Path, dict[str, FakeRegion]]]:
-    """Fake regions in this process, `gslb serve` in a child process."""
+    """Fake regions in this process, `gslb serve` in a child process.
+
+    ``args``: more `gslb serve` arguments; ``ready_url``: the admin base URL to wait for
+    (default: the config's admin listener); ``log``: a file for the server's stderr.
+    """
     mmdb = tmp / "world.mmdb"
     write_world_mmdb(str(mmdb))
     fakes: dict[str, FakeRegion] = {}
@@ -72,19 +83,22 @@ async def served(
     cfg.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin_port}"\n'
         f"shutdown_grace_s = 10\n"
-        f'[geoip]\ndatabase = "{mmdb}"\n[admin]\ntoken_env = "GSLB_TEST_TOKEN"\n'
+        f'[admin]\ntoken_env = "GSLB_TEST_TOKEN"\n'
         f'[log]\naccess = "off"\n{extra}\n'
-        + fleet_toml(urls={n: [f.url] for n, f in fakes.items()})
+        + fleet_toml(urls={n: [f.url] for n, f in fakes.items()}, geoip=f'database = "{mmdb}"')
     )
     env = {**os.environ, "GSLB_TEST_TOKEN": "tok"}
+    stderr = log.open("wb") if log is not None else None
+    cmd = ["serve", "--config", str(cfg), "--workers", str(workers), *args]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gslb", "serve", "--config", str(cfg), "--workers", str(workers)],
+        [sys.executable, "-m", "gslb", *cmd],
         cwd=ROOT,
         env=env,
+        stderr=stderr,
     )
     scheme = "https" if "tls_cert" in extra else "http"
     try:
-        await wait_http(f"http://127.0.0.1:{admin_port}/readyz")
+        await wait_http(f"{ready_url or f'http://127.0.0.1:{admin_port}'}/readyz")
         yield proc, f"{scheme}://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", cfg, fakes
     finally:
         if proc.poll() is None:
@@ -93,6 +107,8 @@ async def served(
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if stderr is not None:
+            stderr.close()
         for f in fakes.values():
             await f.stop()
 
@@ -137,34 +153,165 @@ async def test_two_workers_serve_and_metrics_add_up(tmp_path: Path) -> None:
         assert fakes["us-east"].stats.by_path.get("/v1/models") == 40
 
 
+async def wait_generation(admin: str, generation: int) -> dict:  # type: ignore[type-arg]
+    """Poll /status until the workers run config ``generation``; the status document."""
+    async with aiohttp.ClientSession() as c:
+        deadline = time.monotonic() + 15
+        while True:
+            async with c.get(admin + "/status") as r:
+                doc: dict = orjson.loads(await r.read())  # type: ignore[type-arg]
+            if doc["generation"] == generation:
+                return doc
+            assert time.monotonic() < deadline, "reload did not happen"
+            await asyncio.sleep(0.1)
+
+
+async def kill_a_worker(proc: subprocess.Popen[bytes], admin: str, workers: int = 2) -> None:
+    """SIGKILL one worker; return once its replacement is up and every worker is ready."""
+    victim = worker_pids(proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        pids = worker_pids(proc.pid)
+        if len(pids) == workers and victim not in pids:
+            break
+        assert time.monotonic() < deadline, "worker was not restarted"
+        await asyncio.sleep(0.1)
+    # /readyz asks every worker over its control socket: 200 once the new one serves.
+    await wait_http(admin + "/readyz", timeout=15)
+
+
+async def via_headers(url: str, n: int = 40) -> set[str]:
+    """The Via of ``n`` responses, each on a new connection so that every worker answers some
+    (SO_REUSEPORT hashes each connection; all 40 on one of two workers: 2**-39)."""
+    seen = set()
+    async with aiohttp.ClientSession() as c:
+        for _ in range(n):
+            headers = {"X-Forwarded-For": NEW_YORK, "Connection": "close"}
+            async with c.get(url + "/v1/models", headers=headers) as r:
+                assert r.status == 200
+                seen.add(r.headers["Via"])
+    return seen
+
+
 async def test_sighup_reload_and_worker_restart(tmp_path: Path) -> None:
     async with served(tmp_path, 2) as (proc, url, admin, cfg, _fakes):
         cfg.write_text(cfg.read_text().replace('name = "us-east"', 'name = "us-east-b"', 1))
         proc.send_signal(signal.SIGHUP)
+        doc = await wait_generation(admin, 1)
+        assert "us-east-b" in [r["name"] for r in doc["regions"]]
+        # A worker that dies is replaced.
+        await kill_a_worker(proc, admin)
         async with aiohttp.ClientSession() as c:
-            deadline = time.monotonic() + 15
-            while True:
-                async with c.get(admin + "/status") as r:
-                    doc = orjson.loads(await r.read())
-                if doc["generation"] == 1:
-                    break
-                assert time.monotonic() < deadline, "reload did not happen"
-                await asyncio.sleep(0.1)
-            assert "us-east-b" in [r["name"] for r in doc["regions"]]
-            # A worker that dies is replaced.
-            victim = worker_pids(proc.pid)[0]
-            os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while True:
-                pids = worker_pids(proc.pid)
-                if len(pids) == 2 and victim not in pids:
-                    break
-                assert time.monotonic() < deadline, "worker was not restarted"
-                await asyncio.sleep(0.1)
-            await wait_http(admin + "/readyz")
             for _ in range(10):
                 async with c.get(url + "/v1/models", headers={"X-Forwarded-For": NEW_YORK}) as r:
                     assert r.status == 200
+
+
+async def test_respawned_worker_runs_the_accepted_config_not_a_broken_file(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "serve.log"
+    async with served(tmp_path, 2, log=log) as (proc, url, admin, cfg, _fakes):
+        cfg.write_text("[server\nthis is not TOML")  # no SIGHUP: never accepted
+        await kill_a_worker(proc, admin)
+        assert await via_headers(url) == {"1.1 gslb"}
+        pids = worker_pids(proc.pid)
+        await asyncio.sleep(2.5)  # a worker failing at start would be restarted every second
+        assert worker_pids(proc.pid) == pids
+        assert log.read_text().count("restarting") == 1
+
+
+async def test_respawned_worker_runs_the_last_reload_not_the_file(tmp_path: Path) -> None:
+    extra = '[proxy]\nvia = "edge-one"'
+    async with served(tmp_path, 2, extra) as (proc, url, admin, cfg, _fakes):
+        assert await via_headers(url, 10) == {"1.1 edge-one"}
+        cfg.write_text(cfg.read_text().replace("edge-one", "edge-two"))
+        proc.send_signal(signal.SIGHUP)
+        await wait_generation(admin, 1)
+        cfg.write_text(cfg.read_text().replace("edge-two", "edge-three"))  # not reloaded
+        await kill_a_worker(proc, admin)
+        assert await via_headers(url) == {"1.1 edge-two"}
+
+
+async def run_gslb(*args: str, timeout: float = 30) -> tuple[int, str]:
+    """`gslb ARGS` to completion (exit status, stderr), off the event loop the fakes run on.
+
+    A `serve` that wrongly starts is killed with its workers (its own process group).
+    """
+    cmd = [sys.executable, "-m", "gslb", *args]
+
+    def run() -> tuple[int, str]:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"gslb {' '.join(args)} kept running") from None
+        return proc.returncode, err
+
+    return await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+@pytest.mark.parametrize("first_workers", [1, 2])
+async def test_a_second_gslb_on_a_served_address_refuses_to_start(
+    tmp_path: Path, first_workers: int
+) -> None:
+    async with served(tmp_path, first_workers) as (_proc, url, admin, cfg, _fakes):
+        port, admin_port = url.rsplit(":", 1)[1], admin.rsplit(":", 1)[1]
+        text = cfg.read_text()
+        same_listen = tmp_path / "same-listen.toml"
+        same_listen.write_text(text.replace(f":{admin_port}", f":{free_port()}"))
+        same_admin = tmp_path / "same-admin.toml"
+        same_admin.write_text(text.replace(f":{port}", f":{free_port()}"))
+        cases = [
+            (same_listen, "1", f"127.0.0.1:{port}"),
+            (same_listen, "3", f"127.0.0.1:{port}"),
+            (same_admin, "1", f"127.0.0.1:{admin_port}"),
+            (same_admin, "3", f"127.0.0.1:{admin_port}"),
+        ]
+        for path, workers, address in cases:
+            code, err = await run_gslb("serve", "--config", str(path), "--workers", workers)
+            assert code == 1, (workers, address, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in err, err
+            assert address in lines[0] and "already in use" in lines[0]
+        # The first one never noticed.
+        assert await via_headers(url, 10) == {"1.1 gslb"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_listen_overrides_hold_across_reloads_and_respawns(
+    tmp_path: Path, workers: int
+) -> None:
+    port, admin_port = free_port(), free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"0.0.0.0:{admin_port}"]
+    admin = f"http://127.0.0.1:{admin_port}"
+    log = tmp_path / "serve.log"
+    async with served(tmp_path, workers, args=args, ready_url=admin, log=log) as (
+        proc,
+        file_url,
+        _file_admin,
+        cfg,
+        _fakes,
+    ):
+        url = f"http://127.0.0.1:{port}"
+        # All interfaces: 127.0.0.2 reaches a 0.0.0.0 listener, never a 127.0.0.1 one.
+        await wait_http(f"http://127.0.0.2:{admin_port}/healthz", timeout=5)
+        cfg.write_text(cfg.read_text() + '\n[proxy]\nvia = "edge-two"\n')
+        proc.send_signal(signal.SIGHUP)
+        await wait_generation(admin, 1)
+        if workers > 1:
+            await kill_a_worker(proc, admin, workers)
+        assert await via_headers(url) == {"1.1 edge-two"}
+        async with aiohttp.ClientSession() as c:
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with c.get(file_url + "/v1/models"):
+                    pass  # nothing listens where the file says
+    assert "take effect on restart" not in log.read_text()
 
 
 async def test_sigterm_lets_a_running_stream_finish(tmp_path: Path) -> None:
@@ -249,8 +396,10 @@ async def test_tls_listener_terminates_tls(tmp_path: Path) -> None:
     cfg = tmp_path / "tls.toml"
     cfg.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin_port}"\n'
-        f'tls_cert = "{cert}"\ntls_key = "{key}"\n[geoip]\ndatabase = "{mmdb}"\n'
-        f'[log]\naccess = "off"\n' + fleet_toml(urls={"us-east": [fake.url]}, regions=[REGIONS[0]])
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n[log]\naccess = "off"\n'
+        + fleet_toml(
+            urls={"us-east": [fake.url]}, regions=[REGIONS[0]], geoip=f'database = "{mmdb}"'
+        )
     )
     proc = subprocess.Popen([sys.executable, "-m", "gslb", "serve", "--config", str(cfg)], cwd=ROOT)
     try:
