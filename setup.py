@@ -3,13 +3,20 @@
 The extension is optional: when Cython or a C compiler is missing the package installs
 without it and ``gslb.scoring`` falls back to the pure-Python twin. ``GSLB_NO_EXTENSIONS=1``
 skips the build entirely.
+
+The module is stamped with the SHA-256 of the ``.pyx`` text it is compiled from
+(``gslb._scoring.SOURCE_SHA256``), so ``gslb.scoring`` can refuse a stale in-place build.
 """
 
+import hashlib
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+
+PYX = "gslb/_scoring.pyx"
 
 
 class OptionalBuildExt(build_ext):
@@ -32,9 +39,20 @@ def extensions() -> list:  # type: ignore[type-arg]
     try:
         from Cython.Build import cythonize
     except ImportError:
+        print(
+            "warning: Cython is missing: gslb scoring extension not (re)built",
+            file=sys.stderr,
+        )
         return []
+    digest = hashlib.sha256(Path(PYX).read_bytes()).hexdigest()
+    generated = Path(PYX).with_suffix(".c")
+    # cythonize regenerates the C file only when the .pyx is newer; the digest must be that
+    # of the text the C file comes from, so regenerate whenever the C file lacks it.
+    current = generated.exists() and digest in generated.read_text(errors="replace")
     return cythonize(
-        ["gslb/_scoring.pyx"],
+        [PYX],
+        force=not current,
+        compile_time_env={"GSLB_PYX_SHA256": digest},
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -22,15 +22,9 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdlib cimport free, malloc
 from libc.string cimport memmove
 
-NO_REGION = 0
-LOCAL = 1
-FAILOVER = 2
-SPILL = 3
-LOCAL_QUEUED = 4
-STANDBY = 5
-
-REASONS = ("no-region", "local", "failover", "spill", "local-queued", "standby")
-
+# The reason codes as C constants. Their names (``REASONS``) live only in the twin; the
+# Python-visible codes below are these very values, which tests/test_scoring.py holds equal
+# to the twin's codes, one by one.
 cdef enum:
     R_NO_REGION = 0
     R_LOCAL = 1
@@ -39,11 +33,23 @@ cdef enum:
     R_LOCAL_QUEUED = 4
     R_STANDBY = 5
 
+NO_REGION = R_NO_REGION
+LOCAL = R_LOCAL
+FAILOVER = R_FAILOVER
+SPILL = R_SPILL
+LOCAL_QUEUED = R_LOCAL_QUEUED
+STANDBY = R_STANDBY
+
+# SHA-256 of the .pyx text this module was compiled from, a compile-time constant that
+# setup.py passes to cythonize. gslb.scoring refuses the module when the .pyx beside it has
+# other text (a stale in-place build).
+SOURCE_SHA256 = GSLB_PYX_SHA256
+
 cdef struct _Entry:
     double key
     Py_ssize_t index
 
-cdef tuple _NO_REGION_RESULT = (NO_REGION, ())
+cdef tuple _NO_REGION_RESULT = (R_NO_REGION, (), -1)
 
 
 cdef inline double _wait(double load, double capacity, double service_ms) noexcept nogil:
@@ -150,7 +156,9 @@ cdef class Kernel:
         self._service_ms[index] = value
 
     def decide(self, allowed, routable, net_ms, load, double budget_ms, Py_ssize_t limit=0):
-        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks.
+        """Return ``(reason, order, home)``: ``order[0]`` is the choice, the rest are
+        fallbacks; ``home`` is the nearest routable active allowed region (the one a spill
+        leaves; the chosen standby region when none is active), -1 with no region.
 
         ``limit`` > 0 keeps only the first ``limit`` entries of ``order`` (the request path
         needs no more candidates than it may attempt); 0 keeps them all.
@@ -308,4 +316,4 @@ cdef class Kernel:
             item = PyLong_FromSsize_t(fb[ii].index)
             Py_INCREF(item)
             PyTuple_SET_ITEM(order, ii + 1, item)
-        return (reason, order)
+        return (reason, order, home)

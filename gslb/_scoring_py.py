@@ -35,6 +35,9 @@ from __future__ import annotations
 import array
 from collections.abc import Iterable, Sequence
 
+# The reason codes and their names (``Decision.reason``, the route metric label) are defined
+# here only. The compiled kernel has the codes as C constants and no names; tests hold its
+# codes to these.
 NO_REGION = 0
 LOCAL = 1
 FAILOVER = 2
@@ -145,13 +148,15 @@ class Kernel:
         load: array.array[float],
         budget_ms: float,
         limit: int = 0,
-    ) -> tuple[int, tuple[int, ...]]:
-        """Return ``(reason, order)``: ``order[0]`` is the choice, the rest are fallbacks.
+    ) -> tuple[int, tuple[int, ...], int]:
+        """Return ``(reason, order, home)``: ``order[0]`` is the choice, the rest are
+        fallbacks; ``home`` is the nearest routable active allowed region (the one a spill
+        leaves; the chosen standby region when none is active), -1 with no region.
 
         ``limit`` > 0 keeps only the first ``limit`` entries of ``order``; 0 keeps them all.
         """
-        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms, None)
-        return reason, (order[:limit] if limit > 0 else order)
+        reason, order, home = self._decide(allowed, routable, net_ms, load, budget_ms, None)
+        return reason, (order[:limit] if limit > 0 else order), home
 
     def explain(
         self,
@@ -167,7 +172,7 @@ class Kernel:
         ``explain``: tests hold its decisions to this one over random fleets.
         """
         verdicts = [NOT_ALLOWED] * self._n
-        reason, order = self._decide(allowed, routable, net_ms, load, budget_ms, verdicts)
+        reason, order, _ = self._decide(allowed, routable, net_ms, load, budget_ms, verdicts)
         return reason, order, tuple(verdicts)
 
     def _decide(
@@ -178,7 +183,7 @@ class Kernel:
         load: array.array[float],
         budget_ms: float,
         verdicts: list[int] | None,
-    ) -> tuple[int, tuple[int, ...]]:
+    ) -> tuple[int, tuple[int, ...], int]:
         n = self._n
         if len(allowed) != n or len(routable) != n or len(net_ms) != n or len(load) != n:
             raise ValueError(
@@ -205,18 +210,18 @@ class Kernel:
 
         candidates = [i for i in range(n) if allowed[i]]
         if not candidates:
-            return NO_REGION, ()
+            return NO_REGION, (), -1
         mark((i for i in candidates if not routable[i]), NOT_ROUTABLE)
 
         pool = [i for i in candidates if self._active[i] and routable[i]]
         standby = [i for i in candidates if not self._active[i] and routable[i]]
         if not pool:
             if not standby:
-                return NO_REGION, ()
+                return NO_REGION, (), -1
             chosen = nearest_of(standby)
             mark(standby, NOT_BETTER)
             mark((chosen,), CHOSEN)
-            return STANDBY, (chosen, *by_cost(i for i in standby if i != chosen))
+            return STANDBY, (chosen, *by_cost(i for i in standby if i != chosen)), chosen
         mark(standby, STANDBY_UNUSED)
 
         nearest = nearest_of([i for i in candidates if self._active[i]])
@@ -243,4 +248,4 @@ class Kernel:
                     chosen, reason = best, SPILL
                     mark((home,), BUSY)
         mark((chosen,), CHOSEN)
-        return reason, (chosen, *by_cost(i for i in pool if i != chosen))
+        return reason, (chosen, *by_cost(i for i in pool if i != chosen)), home

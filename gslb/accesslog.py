@@ -27,13 +27,11 @@ from typing import IO, Any, Final
 
 import orjson
 
-from gslb.config import LogConfig
+from gslb.config import ACCESS_LOG_OFF, ACCESS_LOG_STREAMS, LogConfig
 from gslb.observe import RequestRecord
 
 log = logging.getLogger("gslb.accesslog")
 
-OFF: Final = "off"
-STREAMS: Final = ("stderr", "stdout")
 DEFAULT_MAX_QUEUE: Final = 10_000
 # Lines written per write() call at most: large enough to amortize syscalls, small enough that
 # a flush() waiter or a reopen is not held up for long.
@@ -108,7 +106,7 @@ class AccessLog:
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.destination = destination
-        self.enabled = destination not in (OFF, "")
+        self.enabled = destination not in (ACCESS_LOG_OFF, "")
         self.dropped = 0  # lines dropped because the writer was behind (or the log closed)
         self.write_errors = 0  # batches lost to failed writes (disk full, broken pipe)
         self._clock = clock
@@ -121,7 +119,7 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         if not self.enabled:
             return
-        if destination not in STREAMS:
+        if destination not in ACCESS_LOG_STREAMS:
             # Opened here, at start-up, so a bad path fails the start rather than every line.
             self._file = _open(destination)
         self._thread = threading.Thread(target=self._run, name="gslb-accesslog", daemon=True)

@@ -43,6 +43,13 @@ from ipaddress import (
 )
 from typing import Final, Literal
 
+from gslb.config import (
+    FORWARDED,
+    FORWARDED_LIST_HEADERS,
+    FORWARDED_SINGLE_HEADERS,
+    X_FORWARDED_FOR,
+)
+
 IPAddress = IPv4Address | IPv6Address
 
 # Hops considered per request. Real proxy chains are a handful of hops long; anything
@@ -57,8 +64,8 @@ _MAX_TOKEN_LEN: Final = 128
 _MAPPED_PREFIX: Final = IPv6Network("::ffff:0:0/96")
 
 # The headers a proxy may use to tell us the client address; only the configured one counts.
-LIST_HEADERS: Final = ("x-forwarded-for", "forwarded")
-SINGLE_HEADERS: Final = ("x-real-ip", "true-client-ip", "cf-connecting-ip")
+LIST_HEADERS: Final = FORWARDED_LIST_HEADERS
+SINGLE_HEADERS: Final = FORWARDED_SINGLE_HEADERS
 ADDRESS_HEADERS: Final = frozenset(LIST_HEADERS + SINGLE_HEADERS)
 HeaderSource = Literal[
     "x-forwarded-for", "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip"
@@ -225,7 +232,7 @@ def client_ip(
     peer: str | None,
     lines: Sequence[str],
     trusted: TrustedProxies,
-    source: HeaderSource = "x-forwarded-for",
+    source: HeaderSource = X_FORWARDED_FOR,
 ) -> IPAddress | None:
     """The real client address for a request (see the module docstring for the rules).
 
@@ -240,7 +247,7 @@ def client_ip(
         return current
     if source in SINGLE_HEADERS:
         return _single_address(lines) or current
-    hops = _forwarded_hops(lines) if source == "forwarded" else _xff_hops(lines)
+    hops = _forwarded_hops(lines) if source == FORWARDED else _xff_hops(lines)
     for hop in hops:  # right to left
         if hop is None:
             return current  # unparseable hop: the proxy that appended it is the best we know

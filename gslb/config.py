@@ -15,27 +15,41 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from gslb import countries
 
 T = TypeVar("T")
 
+# The choices of each enumerated setting. Code that acts on one value compares with the
+# named constant, never with a string literal of its own.
 TIERS = ("hyperscaler", "neocloud", "reseller")
-ROLES = ("active", "standby")
-CAPACITY_TYPES = ("reserved", "on_demand", "spot")
+ROLE_ACTIVE: Final = "active"
+ROLE_STANDBY: Final = "standby"
+ROLES = (ROLE_ACTIVE, ROLE_STANDBY)
+CAPACITY_RESERVED: Final = "reserved"
+CAPACITY_TYPES = (CAPACITY_RESERVED, "on_demand", "spot")
 LATENCY_MODELS = ("geodesic", "timezone")
-UNKNOWN_LOCATION = ("edge_country", "deny", "unrestricted")
-LOAD_KINDS = ("vllm", "sglang", "tgi", "json", "none")
-CLIENT_IP_LOGGING = ("truncated", "none", "full")
-FORWARDED_HEADERS = (
-    "x-forwarded-for",
-    "forwarded",
-    "x-real-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-)
+UNKNOWN_EDGE_COUNTRY: Final = "edge_country"  # apply geoip.edge_country's residency rules
+UNKNOWN_DENY: Final = "deny"
+UNKNOWN_UNRESTRICTED: Final = "unrestricted"
+UNKNOWN_LOCATION = (UNKNOWN_EDGE_COUNTRY, UNKNOWN_DENY, UNKNOWN_UNRESTRICTED)
+LOAD_NONE: Final = "none"  # no load reports: in-flight counts only
+LOAD_KINDS = ("vllm", "sglang", "tgi", "json", LOAD_NONE)
+CLIENT_IP_TRUNCATED: Final = "truncated"
+CLIENT_IP_NONE: Final = "none"
+CLIENT_IP_FULL: Final = "full"
+CLIENT_IP_LOGGING = (CLIENT_IP_TRUNCATED, CLIENT_IP_NONE, CLIENT_IP_FULL)
+# log.access: a file path, or one of these.
+ACCESS_LOG_OFF: Final = "off"
+ACCESS_LOG_STREAMS = ("stderr", "stdout")
+# geoip.forwarded_header: lists a proxy appends to, then headers that hold one address.
+X_FORWARDED_FOR: Final = "x-forwarded-for"
+FORWARDED: Final = "forwarded"  # RFC 7239
+FORWARDED_LIST_HEADERS = (X_FORWARDED_FOR, FORWARDED)
+FORWARDED_SINGLE_HEADERS = ("x-real-ip", "true-client-ip", "cf-connecting-ip")
+FORWARDED_HEADERS = FORWARDED_LIST_HEADERS + FORWARDED_SINGLE_HEADERS
 
 
 class ConfigError(ValueError):
@@ -83,7 +97,7 @@ class GeoIPConfig:
     cache_size: int = 65536
     # The one header the trusted proxies write the client address into. Exactly one: a proxy
     # that appends to its own header passes the client's other ones through untouched.
-    forwarded_header: str = "x-forwarded-for"
+    forwarded_header: str = X_FORWARDED_FOR
     # ISO code of the country this edge stands in: whose residency rules bind a client that
     # cannot be placed (routing.unknown_location = "edge_country").
     edge_country: str = ""
@@ -100,7 +114,7 @@ class RoutingConfig:
     latency_model: str = "geodesic"
     # Clients that cannot be placed: "edge_country" applies geoip.edge_country's residency
     # rules, "deny" refuses them, "unrestricted" routes them with no residency rule at all.
-    unknown_location: str = "edge_country"
+    unknown_location: str = UNKNOWN_EDGE_COUNTRY
     require_certifications: tuple[str, ...] = ()
     # Measured round trips win over the model: {country: {region: rtt_ms}}.
     measured_rtt_ms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -126,7 +140,7 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
-    kind: str = "none"
+    kind: str = LOAD_NONE
     path: str = "/metrics"
     interval_s: float = 1.0
     timeout_s: float = 1.0
@@ -137,7 +151,7 @@ class LoadConfig:
 class EndpointConfig:
     url: str
     node: str
-    capacity_type: str = "reserved"
+    capacity_type: str = CAPACITY_RESERVED
     weight: float = 1.0
 
 
@@ -168,7 +182,7 @@ class RegionConfig:
 
     @property
     def active(self) -> bool:
-        return self.role == "active"
+        return self.role == ROLE_ACTIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +215,8 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    access: str = "stderr"
-    client_ip: str = "truncated"
+    access: str = ACCESS_LOG_STREAMS[0]
+    client_ip: str = CLIENT_IP_TRUNCATED
     level: str = "info"
 
 
@@ -598,7 +612,7 @@ def _endpoint(t: _Table, region: str, index: int) -> EndpointConfig:
     cfg = EndpointConfig(
         url=t.require("url", _url),
         node=t.get("node", _name, f"{region}-node-{index}"),
-        capacity_type=t.get("capacity_type", _choice(CAPACITY_TYPES), "reserved"),
+        capacity_type=t.get("capacity_type", _choice(CAPACITY_TYPES), CAPACITY_RESERVED),
         weight=t.get("weight", _ranged(_num, 0, lo_open=True), 1.0),
     )
     t.done()
@@ -639,7 +653,7 @@ def _region(t: _Table, health: HealthConfig, load: LoadConfig) -> RegionConfig:
         tier=t.get("tier", _choice(TIERS), "hyperscaler"),
         jurisdiction=t.require("jurisdiction", _country),
         certifications=frozenset(t.get("certifications", _list(_name), _NO_NAMES)),
-        role=t.get("role", _choice(ROLES), "active"),
+        role=t.get("role", _choice(ROLES), ROLE_ACTIVE),
         capacity=t.require("capacity", _ranged(_int, 1)),
         service_ms=t.get("service_ms", _ranged(_num, 0, lo_open=True), 800.0),
         models=frozenset(t.get("models", _list(_str), _NO_NAMES)),
@@ -742,7 +756,7 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> Config:
             if region not in region_names:
                 raise ConfigError(f"routing.measured_rtt_ms.{country}.{region}", "no such region")
     geoip = _geoip(_Table(top.raw("geoip") or {}, "geoip"))
-    if rules and routing.unknown_location == "edge_country" and not geoip.edge_country:
+    if rules and routing.unknown_location == UNKNOWN_EDGE_COUNTRY and not geoip.edge_country:
         raise ConfigError(
             "geoip.edge_country",
             "is required when residency rules exist and routing.unknown_location is "

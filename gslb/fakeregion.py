@@ -1,18 +1,19 @@
 """A simulated OpenAI-compatible inference server that stands in for vLLM behind the balancer.
 
-One ``FakeRegion`` is one region's serving fleet collapsed into a single process: ``slots``
-requests run at once, the rest wait in a FIFO queue (as vLLM's scheduler does), prefill time
-grows with the prompt, and tokens come out at ``tokens_per_s`` per stream. ``/metrics``
-reports the same gauges vLLM does, so the balancer's load scraper can be tested against it.
+One ``FakeRegion`` is one region's serving fleet collapsed into a single process. This module
+is the server and the ``gslb fake-region`` command line; the parts it serves live beside it:
 
-Beyond the inference API it carries endpoints that exercise a proxy: ``/echo`` (what arrived
-upstream), ``/upload`` and ``/download`` (large bodies, streamed), ``/sse`` (event timing),
-``/status/{code}``, ``/slow-first-byte``, ``/headers-then-hang`` and ``/abort-mid-stream``.
+- ``gslb.fakesched``: the vLLM-like engine (slots and FIFO queue, prefill and token timing,
+  OpenAI bodies, ``/metrics`` under vLLM's names), with no sockets;
+- ``gslb.fakestress``: endpoints that exercise a proxy (``/echo``, ``/upload``, ``/download``,
+  ``/sse``, ``/status/{code}``, stalls, resets, ``/pump``, ``/gzip``, ``/ws``) and the
+  scripted ``mode`` ("ok", "503", "hang", "abort-after-first") a test switches at run time.
 
 Timeline of a completion request: ``network_delay_ms`` (every endpoint, before queueing, so it
-holds no slot) -> fault draws (500 / hang) -> FIFO wait for a slot (429 when ``max_queue`` are
-already waiting) -> streaming responses send their headers now -> prefill -> one token every
-``1/tokens_per_s`` s. A non-streaming answer is sent whole after prefill plus decode time.
+holds no slot) -> the scripted mode, when not "ok" -> fault draws (500 / hang) -> FIFO wait
+for a slot (429 when ``max_queue`` are already waiting) -> streaming responses send their
+headers now -> prefill -> one token every ``1/tokens_per_s`` s. A non-streaming answer is sent
+whole after prefill plus decode time.
 
 Fault injection is deterministic: every well-formed completion request draws from one
 ``random.Random(seed)``, so a test sees the same failures on every run. ``kill()`` and
@@ -25,22 +26,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import random
 import signal
 import sys
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Final, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from gslb.fakesched import (
+    METRICS_CONTENT_TYPE,
+    ApiError,
+    Completion,
+    CompletionKind,
+    Engine,
+    FakeRegionStats,
+    bad_request,
+)
+from gslb.fakestress import MODES, StressEndpoints, check_mode, hang
 
 __all__ = [
     "FakeRegion",
@@ -52,27 +57,23 @@ __all__ = [
     "run_from_args",
 ]
 
-JSONObject = dict[str, Any]
-CompletionKind = Literal["chat", "text"]
-
-# The exposition format prometheus_client (and so vLLM) serves to a plain scrape.
-METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-# Upper bounds on query parameters: a typo must not make the test server allocate gigabytes
-# per chunk or sleep for a day.
-_MAX_CHUNK: Final = 16 * 1024 * 1024
-_MAX_DELAY_MS: Final = 3_600_000
-_MAX_TOKENS_CAP: Final = 1_000_000
-# A rough chars-per-token ratio for English text, used only to fill in ``usage``.
-_CHARS_PER_TOKEN: Final = 4
 # Seconds stop() lets aiohttp wait for a connection to finish before forcing it closed.
 _SHUTDOWN_TIMEOUT_S: Final = 1.0
 # How long a simulated crash waits for the last response's bytes to leave the socket buffer.
 _CRASH_FLUSH_S: Final = 0.2
+# Probes, scrapes and fault control: never scripted, never counted as hits, so a test's
+# "503" mode or hit count is about the requests a proxy forwards.
+_CONTROL_PATHS: Final = frozenset({"/health", "/metrics", "/control"})
 
 
 @dataclass(frozen=True)
 class FakeRegionOptions:
-    """Static configuration of one fake region; see the module docstring."""
+    """Static configuration of one fake region; see the module docstring.
+
+    ``mode`` is the scripted mode at start (``gslb.fakestress``); ``catch_all`` answers
+    paths no endpoint serves with 200 instead of 404, for a region standing in for an
+    arbitrary HTTP upstream.
+    """
 
     name: str = "fake"
     slots: int = 8
@@ -88,6 +89,8 @@ class FakeRegionOptions:
     seed: int = 0
     model: str = "fake-llm"
     health_status: int = 200
+    mode: str = "ok"
+    catch_all: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings the simulation cannot honour."""
@@ -106,31 +109,7 @@ class FakeRegionOptions:
         if self.die_after is not None and self.die_after < 0:
             raise ValueError("die_after must be >= 0")
         _check_status("health_status", self.health_status)
-
-
-@dataclass
-class FakeRegionStats:
-    """Counters a test can read directly (single event loop, so no locking).
-
-    ``completions_total`` counts well-formed completion requests as they arrive, including
-    those later answered by injected faults, 429 or a client hang-up; ``completions_done``
-    counts the ones answered in full.
-    """
-
-    requests_total: int = 0
-    completions_total: int = 0
-    completions_done: int = 0
-    active: int = 0
-    queued: int = 0
-    max_active_seen: int = 0
-    max_queued_seen: int = 0
-    cancelled: int = 0
-    rejected: int = 0
-    errors_injected: int = 0
-    hangs_injected: int = 0
-    prompt_tokens_total: int = 0
-    generation_tokens_total: int = 0
-    by_path: dict[str, int] = field(default_factory=dict)
+        check_mode(self.mode)
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -143,227 +122,8 @@ def _check_status(name: str, status: int) -> None:
         raise ValueError(f"{name} must be an HTTP status in 200..599, got {status}")
 
 
-# --------------------------------------------------------------------------------------------
-# Errors in OpenAI's shape
-
-
-class _ApiError(Exception):
-    """An OpenAI-style error response; raised anywhere in a handler, rendered once."""
-
-    def __init__(self, status: int, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.error_type, "code": None}}
-        return web.json_response(body, status=self.status)
-
-
-def _bad_request(message: str) -> _ApiError:
-    return _ApiError(400, message, "invalid_request_error")
-
-
-class _QueueFull(Exception):
-    """No free slot and ``max_queue`` requests already waiting."""
-
-
-# --------------------------------------------------------------------------------------------
-# Slots: vLLM's running batch, with a FIFO waiting queue in front of it
-
-
-class _Slots:
-    """A FIFO semaphore that keeps ``stats.active`` / ``stats.queued`` exact at every instant.
-
-    ``asyncio.Semaphore`` is not used because its wake-up order is not strictly FIFO across
-    Python versions, and because a slot must be handed straight to the next waiter on release:
-    otherwise a newly arriving request could overtake the queue, which vLLM never does.
-    """
-
-    def __init__(self, slots: int, max_queue: int, stats: FakeRegionStats) -> None:
-        self._free = slots
-        self._max_queue = max_queue
-        self._stats = stats
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            self._mark_running()
-            return
-        if len(self._waiters) >= self._max_queue:
-            raise _QueueFull
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._stats.queued += 1
-        self._stats.max_queued_seen = max(self._stats.max_queued_seen, self._stats.queued)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # The slot was handed over just before the cancellation landed: pass it on.
-                self.release()
-            else:
-                self._waiters.remove(fut)
-                self._stats.queued -= 1
-            raise
-
-    def release(self) -> None:
-        self._stats.active -= 1
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                # Hand over now, so the gauges never show a free slot with a non-empty queue.
-                self._stats.queued -= 1
-                self._mark_running()
-                fut.set_result(None)
-                return
-        self._free += 1
-
-    def _mark_running(self) -> None:
-        self._stats.active += 1
-        self._stats.max_active_seen = max(self._stats.max_active_seen, self._stats.active)
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-
-# --------------------------------------------------------------------------------------------
-# Request parsing
-
-
-@dataclass(frozen=True)
-class _Completion:
-    kind: CompletionKind
-    prompt_chars: int
-    max_tokens: int
-    stream: bool
-    include_usage: bool
-
-
-def _content_chars(content: Any, where: str) -> int:
-    """Characters of one chat message content: a string, null, or a list of text parts."""
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if not isinstance(part, dict):
-                raise _bad_request(f"{where}: content parts must be objects")
-            text = part.get("text", "")
-            total += len(text) if isinstance(text, str) else 0
-        return total
-    raise _bad_request(f"{where}: content must be a string, a list of parts or null")
-
-
-def _messages_chars(messages: Any) -> int:
-    if not isinstance(messages, list) or not messages:
-        raise _bad_request("'messages' must be a non-empty list")
-    total = 0
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise _bad_request(f"messages[{i}] must be an object with a string 'role'")
-        total += _content_chars(message.get("content"), f"messages[{i}]")
-    return total
-
-
-def _prompt_chars(prompt: Any) -> int:
-    """Characters of a legacy ``prompt``: a string or a list of strings / token ids."""
-    if isinstance(prompt, str):
-        return len(prompt)
-    if isinstance(prompt, list) and prompt:
-        total = 0
-        for item in prompt:
-            if isinstance(item, str):
-                total += len(item)
-            elif isinstance(item, int) and not isinstance(item, bool):
-                total += _CHARS_PER_TOKEN  # a token id: count it as one token's worth
-            else:
-                raise _bad_request("'prompt' list items must be strings or token ids")
-        return total
-    raise _bad_request("'prompt' must be a string or a non-empty list")
-
-
-def _max_tokens(body: JSONObject, default: int) -> int:
-    # The Chat API renamed max_tokens to max_completion_tokens; vLLM accepts both.
-    value = body.get("max_tokens")
-    if value is None:
-        value = body.get("max_completion_tokens")
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _bad_request("'max_tokens' must be a positive integer")
-    if value > _MAX_TOKENS_CAP:
-        raise _bad_request(f"'max_tokens' must be <= {_MAX_TOKENS_CAP}")
-    return value
-
-
-def _include_usage(body: JSONObject) -> bool:
-    options = body.get("stream_options")
-    if options is None:
-        return False
-    if not isinstance(options, dict):
-        raise _bad_request("'stream_options' must be an object")
-    return bool(options.get("include_usage", False))
-
-
-def parse_completion(raw: bytes, kind: CompletionKind, default_max_tokens: int) -> _Completion:
-    """Validate an OpenAI request body; raises ``_ApiError`` (400) on anything malformed."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad_request(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise _bad_request("request body must be a JSON object")
-    if "model" in body and not isinstance(body["model"], str):
-        raise _bad_request("'model' must be a string")
-    chars = (
-        _messages_chars(body.get("messages"))
-        if kind == "chat"
-        else _prompt_chars(body.get("prompt"))
-    )
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise _bad_request("'stream' must be a boolean")
-    return _Completion(
-        kind=kind,
-        prompt_chars=chars,
-        max_tokens=_max_tokens(body, default_max_tokens),
-        stream=bool(stream),
-        include_usage=_include_usage(body),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Response bodies in OpenAI's format
-
-
-def _sse(payload: JSONObject | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> JSONObject:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def _download_chunk(offset: int, size: int) -> bytes:
-    """Bytes ``offset..offset+size`` of the infinite pattern 00 01 .. ff 00 01 .."""
-    start = offset % 256
-    reps = (start + size) // 256 + 1
-    return (bytes(range(256)) * reps)[start : start + size]
+def _error_response(exc: ApiError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status)
 
 
 async def _write_now(request: web.Request, resp: web.Response) -> web.Response:
@@ -371,70 +131,6 @@ async def _write_now(request: web.Request, resp: web.Response) -> web.Response:
     await resp.prepare(request)
     await resp.write_eof()
     return resp
-
-
-def _query_int(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise _bad_request(f"query parameter '{name}' is required")
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_request(f"query parameter '{name}' must be an integer") from None
-    if not lo <= value <= hi:
-        raise _bad_request(f"query parameter '{name}' must be within {lo}..{hi}")
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# /metrics
-
-
-class _VllmCollector(Collector):
-    """Renders the fake's state under vLLM's (v1 engine) metric names, help texts and labels."""
-
-    def __init__(self, region: FakeRegion) -> None:
-        self._region = region
-
-    def collect(self) -> Iterable[Metric]:
-        region = self._region
-        stats = region.stats
-        labels = ["engine", "model_name"]
-        values = ["0", region.options.model]
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            family = CounterMetricFamily(name, doc, labels=labels)
-            family.add_metric(values, value)
-            return family
-
-        yield gauge(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches.",
-            stats.active,
-        )
-        yield gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.queued
-        )
-        yield gauge(
-            "vllm:kv_cache_usage_perc",
-            "KV-cache usage. 1 means 100 percent usage.",
-            stats.active / region.options.slots,
-        )
-        yield counter(
-            "vllm:prompt_tokens", "Number of prefill tokens processed.", stats.prompt_tokens_total
-        )
-        yield counter(
-            "vllm:generation_tokens",
-            "Number of generation tokens processed.",
-            stats.generation_tokens_total,
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,8 +144,19 @@ class FakeRegion:
         options.validate()
         self.options = options
         self.stats = FakeRegionStats()
+        self._engine = Engine(
+            name=options.name,
+            model=options.model,
+            slots=options.slots,
+            max_queue=options.max_queue,
+            prefill_ms_per_1k_chars=options.prefill_ms_per_1k_chars,
+            base_prefill_ms=options.base_prefill_ms,
+            tokens_per_s=options.tokens_per_s,
+            max_tokens_default=options.max_tokens_default,
+            stats=self.stats,
+        )
+        self._stress = StressEndpoints(options.name, options.mode)
         self._rng = random.Random(options.seed)
-        self._slots = _Slots(options.slots, options.max_queue, self.stats)
         self._error_rate = options.error_rate
         self._hang_rate = options.hang_rate
         self._health_status = options.health_status
@@ -463,8 +170,6 @@ class FakeRegion:
         self._inflight: set[asyncio.Task[Any]] = set()
         # Fire-and-forget tasks (the simulated crash); referenced so they are not collected.
         self._background: set[asyncio.Task[None]] = set()
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_VllmCollector(self))
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -574,6 +279,30 @@ class FakeRegion:
     def hang_rate(self) -> float:
         return self._hang_rate
 
+    @property
+    def mode(self) -> str:
+        """The scripted mode for data-plane requests; assign to switch it (ValueError if bad)."""
+        return self._stress.mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._stress.mode = mode
+
+    @property
+    def hits(self) -> int:
+        """Data-plane requests received (not health probes, metric scrapes or /control)."""
+        return self._stress.hits
+
+    @property
+    def last_headers(self) -> list[tuple[str, str]]:
+        """The headers of the latest data-plane request, WebSocket handshakes included."""
+        return self._stress.last_headers
+
+    @property
+    def sent(self) -> int:
+        """Body bytes ``/pump`` has written, over all its requests."""
+        return self._stress.pump_bytes
+
     # ---- application ------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
@@ -591,14 +320,7 @@ class FakeRegion:
         add("GET", "/health", self._health)
         add("GET", "/metrics", self._metrics)
         add("POST", "/control", self._control)
-        add("*", "/echo", self._echo)
-        add("POST", "/upload", self._upload)
-        add("GET", "/download", self._download)
-        add("GET", "/sse", self._sse_events)
-        add("GET", r"/status/{code:\d+}", self._status)
-        add("GET", "/slow-first-byte", self._slow_first_byte)
-        add("GET", "/headers-then-hang", self._headers_then_hang)
-        add("GET", "/abort-mid-stream", self._abort_mid_stream)
+        self._stress.add_routes(app, catch_all=self.options.catch_all)
         return app
 
     def _middleware(self) -> Any:
@@ -606,6 +328,9 @@ class FakeRegion:
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             self.stats.requests_total += 1
             self.stats.by_path[request.path] = self.stats.by_path.get(request.path, 0) + 1
+            data_plane = request.path not in _CONTROL_PATHS
+            if data_plane:
+                self._stress.record(request)
             task = asyncio.current_task()
             if task is not None:
                 self._inflight.add(task)
@@ -615,9 +340,10 @@ class FakeRegion:
                 # wire does not hold a GPU slot.
                 if self.options.network_delay_ms > 0:
                     await asyncio.sleep(self.options.network_delay_ms / 1000)
-                return await handler(request)
-            except _ApiError as exc:
-                return exc.response()
+                scripted = await self._stress.answer_in_mode(request) if data_plane else None
+                return scripted if scripted is not None else await handler(request)
+            except ApiError as exc:
+                return _error_response(exc)
             finally:
                 if task is not None:
                     self._inflight.discard(task)
@@ -636,7 +362,7 @@ class FakeRegion:
         return await self._completion(request, "text")
 
     async def _completion(self, request: web.Request, kind: CompletionKind) -> web.StreamResponse:
-        req = parse_completion(await request.read(), kind, self.options.max_tokens_default)
+        req = self._engine.parse(await request.read(), kind)
         self.stats.completions_total += 1
         seq = self.stats.completions_total
         # Draw both numbers for every request so the fault sequence for a seed does not
@@ -653,133 +379,58 @@ class FakeRegion:
                 self._schedule_crash()
 
     async def _answer(
-        self, request: web.Request, req: _Completion, seq: int, error_draw: float, hang_draw: float
+        self, request: web.Request, req: Completion, seq: int, error_draw: float, hang_draw: float
     ) -> web.StreamResponse:
         die_after = self.options.die_after
         try:
             if die_after is not None and seq > die_after:
-                await self._hang()  # past the crash point: never answered, aborted by kill()
+                await hang()  # past the crash point: never answered, aborted by kill()
             if error_draw < self._error_rate:
                 self.stats.errors_injected += 1
-                raise _ApiError(500, "injected internal server error", "server_error")
+                raise ApiError(500, "injected internal server error", "server_error")
             if hang_draw < self._hang_rate:
                 self.stats.hangs_injected += 1
-                await self._hang()
+                await hang()
             return await self._serve_completion(request, req, seq)
-        except _ApiError as exc:
+        except ApiError as exc:
             # Written here, not by the middleware, so it is on the wire before a die_after
             # crash scheduled by the caller's finally block can discard it.
-            return await _write_now(request, exc.response())
+            return await _write_now(request, _error_response(exc))
 
     async def _serve_completion(
-        self, request: web.Request, req: _Completion, seq: int
+        self, request: web.Request, req: Completion, seq: int
     ) -> web.StreamResponse:
-        try:
-            await self._slots.acquire()
-        except _QueueFull:
-            self.stats.rejected += 1
-            raise _ApiError(
-                429, f"queue full: {self.options.max_queue} requests waiting", "server_busy"
-            ) from None
-        try:
-            prefill_ms = (
-                self.options.base_prefill_ms
-                + self.options.prefill_ms_per_1k_chars * req.prompt_chars / 1000
-            )
-            prompt_tokens = max(1, -(-req.prompt_chars // _CHARS_PER_TOKEN))
-            self.stats.prompt_tokens_total += prompt_tokens
+        async with self._engine.slot():
+            self.stats.prompt_tokens_total += req.prompt_tokens
             if req.stream:
-                resp = await self._stream(request, req, seq, prompt_tokens, prefill_ms / 1000)
+                resp = await self._stream(request, req, seq)
             else:
-                resp = await self._respond_whole(request, req, seq, prompt_tokens, prefill_ms)
+                resp = await self._respond_whole(request, req, seq)
             self.stats.completions_done += 1
             return resp
-        finally:
-            self._slots.release()
-
-    def _token(self, i: int) -> str:
-        # The region name rides in the first token so a test can see who served a request.
-        return f"{self.options.name}:tok0 " if i == 0 else f"tok{i} "
-
-    def _envelope(self, kind: CompletionKind, seq: int, chunk: bool) -> JSONObject:
-        prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        if kind == "chat":
-            obj = "chat.completion.chunk" if chunk else "chat.completion"
-        else:
-            obj = "text_completion"
-        return {
-            "id": f"{prefix}-{self.options.name}-{seq}",
-            "object": obj,
-            "created": int(time.time()),
-            "model": self.options.model,
-            "system_fingerprint": f"fake-region:{self.options.name}",
-        }
 
     async def _respond_whole(
-        self,
-        request: web.Request,
-        req: _Completion,
-        seq: int,
-        prompt_tokens: int,
-        prefill_ms: float,
+        self, request: web.Request, req: Completion, seq: int
     ) -> web.StreamResponse:
-        await asyncio.sleep(prefill_ms / 1000 + req.max_tokens / self.options.tokens_per_s)
-        text = "".join(self._token(i) for i in range(req.max_tokens))
-        choice: JSONObject = {"index": 0, "logprobs": None, "finish_reason": "length"}
-        if req.kind == "chat":
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        body = self._envelope(req.kind, seq, chunk=False)
-        body["choices"] = [choice]
-        body["usage"] = _usage(prompt_tokens, req.max_tokens)
+        await asyncio.sleep(self._engine.whole_s(req))
+        body = self._engine.whole_body(req, seq)
         self.stats.generation_tokens_total += req.max_tokens
         # Written here rather than returned, so the response is on the wire before the
         # handler's finally blocks run (die_after crashes right after the N-th answer).
         return await _write_now(request, web.json_response(body))
 
-    def _stream_chunk(self, req: _Completion, seq: int, i: int) -> JSONObject:
-        last = i == req.max_tokens - 1
-        finish = "length" if last else None
-        choice: JSONObject = {"index": 0, "logprobs": None, "finish_reason": finish}
-        if req.kind == "chat":
-            delta: JSONObject = {"content": self._token(i)}
-            if i == 0:
-                delta = {"role": "assistant", **delta}
-            choice["delta"] = delta
-        else:
-            choice["text"] = self._token(i)
-        chunk = self._envelope(req.kind, seq, chunk=True)
-        chunk["choices"] = [choice]
-        return chunk
-
-    async def _stream(
-        self, request: web.Request, req: _Completion, seq: int, prompt_tokens: int, prefill_s: float
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, req: Completion, seq: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
         resp.content_type = "text/event-stream"
         await resp.prepare(request)
         loop = asyncio.get_running_loop()
-        interval = 1.0 / self.options.tokens_per_s
-        # Deadlines on the loop clock rather than sleep(interval) per token, so write time
-        # does not accumulate into drift over long streams.
-        t0 = loop.time() + prefill_s
-        for i in range(req.max_tokens):
-            await asyncio.sleep(max(0.0, t0 + (i + 1) * interval - loop.time()))
-            await resp.write(_sse(self._stream_chunk(req, seq, i)))
-            self.stats.generation_tokens_total += 1
-        if req.include_usage:
-            usage_chunk = self._envelope(req.kind, seq, chunk=True)
-            usage_chunk["choices"] = []
-            usage_chunk["usage"] = _usage(prompt_tokens, req.max_tokens)
-            await resp.write(_sse(usage_chunk))
-        await resp.write(_sse("[DONE]"))
+        t0 = loop.time()
+        for frame in self._engine.stream_frames(req, seq):
+            await asyncio.sleep(max(0.0, t0 + frame.due_s - loop.time()))
+            await resp.write(frame.data)
+            self.stats.generation_tokens_total += frame.tokens
         await resp.write_eof()
         return resp
-
-    async def _hang(self) -> None:
-        """Never return; only cancellation (client hang-up, stop, kill) ends the wait."""
-        await asyncio.get_running_loop().create_future()
 
     def _schedule_crash(self) -> None:
         if self._dead or self._stopping:
@@ -803,15 +454,7 @@ class FakeRegion:
         return sum(c.transport.get_write_buffer_size() for c in server.connections if c.transport)
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        model = {
-            "id": self.options.model,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "vllm",
-            "root": self.options.model,
-            "parent": None,
-        }
-        return web.json_response({"object": "list", "data": [model]})
+        return web.json_response(self._engine.models_body())
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         status = self._health_status
@@ -819,7 +462,7 @@ class FakeRegion:
         return web.json_response({"status": word}, status=status)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        body = generate_latest(self._registry)
+        body = self._engine.metrics_text()
         return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
@@ -827,9 +470,9 @@ class FakeRegion:
         try:
             body = json.loads(await request.read())
         except ValueError:
-            raise _bad_request("request body is not valid JSON") from None
+            raise bad_request("request body is not valid JSON") from None
         if not isinstance(body, dict):
-            raise _bad_request("request body must be a JSON object")
+            raise bad_request("request body must be a JSON object")
         try:
             if "health_status" in body:
                 self.set_health(int(body["health_status"]))
@@ -837,115 +480,19 @@ class FakeRegion:
                 self.set_error_rate(float(body["error_rate"]))
             if "hang_rate" in body:
                 self.set_hang_rate(float(body["hang_rate"]))
+            if "mode" in body:
+                self.mode = str(body["mode"])
         except (TypeError, ValueError) as exc:
-            raise _bad_request(str(exc)) from None
+            raise bad_request(str(exc)) from None
         return web.json_response(
             {
                 "health_status": self._health_status,
                 "error_rate": self._error_rate,
                 "hang_rate": self._hang_rate,
+                "mode": self.mode,
                 "stats": asdict(self.stats),
             }
         )
-
-    # ---- proxy test endpoints ---------------------------------------------------------------
-
-    async def _echo(self, request: web.Request) -> web.StreamResponse:
-        body_length = 0
-        async for chunk in request.content.iter_any():
-            body_length += len(chunk)
-        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers]
-        return web.json_response(
-            {
-                "region": self.options.name,
-                "method": request.method,
-                "path": request.path,
-                "raw_path": request.raw_path,
-                "query_string": request.query_string,
-                "headers": headers,
-                "body_length": body_length,
-                "remote": request.remote,
-                "http_version": f"{request.version.major}.{request.version.minor}",
-            }
-        )
-
-    async def _upload(self, request: web.Request) -> web.StreamResponse:
-        digest = hashlib.sha256()
-        total = 0
-        # Chunk by chunk: a 50 MB upload must not be held in memory.
-        async for chunk in request.content.iter_any():
-            digest.update(chunk)
-            total += len(chunk)
-        return web.json_response({"bytes": total, "sha256": digest.hexdigest()})
-
-    async def _download(self, request: web.Request) -> web.StreamResponse:
-        size = _query_int(request, "bytes", None, 0, 1 << 40)
-        chunk = _query_int(request, "chunk", 64 * 1024, 1, _MAX_CHUNK)
-        resp = web.StreamResponse()
-        resp.content_type = "application/octet-stream"
-        resp.content_length = size
-        await resp.prepare(request)
-        for offset in range(0, size, chunk):
-            await resp.write(_download_chunk(offset, min(chunk, size - offset)))
-        await resp.write_eof()
-        return resp
-
-    async def _sse_events(self, request: web.Request) -> web.StreamResponse:
-        events = _query_int(request, "events", 10, 0, 1_000_000)
-        interval = _query_int(request, "interval_ms", 100, 0, _MAX_DELAY_MS) / 1000
-        resp = web.StreamResponse(headers={"Cache-Control": "no-cache"})
-        resp.content_type = "text/event-stream"
-        await resp.prepare(request)
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        # Event i leaves at t0 + i*interval: the first at once, then one per interval.
-        for i in range(events):
-            await asyncio.sleep(max(0.0, t0 + i * interval - loop.time()))
-            data = json.dumps({"seq": i, "region": self.options.name})
-            await resp.write(f"id: {i}\nevent: tick\ndata: {data}\n\n".encode())
-        await resp.write_eof()
-        return resp
-
-    async def _status(self, request: web.Request) -> web.StreamResponse:
-        code = int(request.match_info["code"])
-        if not 200 <= code <= 599:
-            raise _bad_request("status code must be within 200..599")
-        if code in (204, 304):
-            return web.Response(status=code)  # these may not carry a body
-        body = {"status": code, "region": self.options.name}
-        return web.json_response(body, status=code)
-
-    async def _slow_first_byte(self, request: web.Request) -> web.StreamResponse:
-        delay_ms = _query_int(request, "delay_ms", 1000, 0, _MAX_DELAY_MS)
-        resp = web.StreamResponse()
-        resp.content_type = "text/plain"
-        await resp.prepare(request)  # StreamResponse sends its headers right away
-        await asyncio.sleep(delay_ms / 1000)
-        await resp.write(f"first byte after {delay_ms} ms from {self.options.name}\n".encode())
-        await resp.write_eof()
-        return resp
-
-    async def _headers_then_hang(self, request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "text/plain"
-        await resp.prepare(request)
-        await resp.write(b"first chunk\n")
-        await self._hang()
-        return resp  # unreachable: _hang() only ends by cancellation
-
-    async def _abort_mid_stream(self, request: web.Request) -> web.StreamResponse:
-        after = _query_int(request, "after", 1, 0, 1_000_000)
-        resp = web.StreamResponse()
-        resp.content_type = "text/plain"
-        await resp.prepare(request)
-        for i in range(after):
-            await resp.write(f"chunk {i}\n".encode())
-        # Give the chunks a moment to reach the client before the reset discards them.
-        await asyncio.sleep(0.01)
-        if request.transport is not None:
-            request.transport.abort()
-        await self._hang()  # the abort cancels this handler (handler_cancellation)
-        return resp
 
 
 # --------------------------------------------------------------------------------------------
@@ -973,6 +520,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--health-status", type=int, default=d.health_status)
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=d.mode,
+        help="scripted answer to every request but /health, /metrics and /control",
+    )
+    parser.add_argument(
+        "--catch-all", action="store_true", help="answer unknown paths with 200, not 404"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> FakeRegionOptions:
@@ -992,6 +548,8 @@ def options_from_args(args: argparse.Namespace) -> FakeRegionOptions:
         die_after=args.die_after,
         seed=args.seed,
         health_status=args.health_status,
+        mode=args.mode,
+        catch_all=args.catch_all,
     )
 
 

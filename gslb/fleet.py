@@ -12,31 +12,11 @@ active checks still pass. Time is passed in (``now``), never read here.
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable, Iterator
 
 from gslb.config import Config, EndpointConfig, RegionConfig
 from gslb.state import Snapshot
-
-
-class Outcome(enum.Enum):
-    """How one upstream attempt ended, as the proxy reports it to health accounting."""
-
-    SUCCESS = "success"
-    CONNECT_ERROR = "connect_error"
-    TIMEOUT = "timeout"  # connect/ttft/idle time-out: the upstream stalled
-    HTTP_5XX = "http_5xx"
-    ABORT = "abort"  # the upstream died mid-stream
-    SATURATED = "saturated"  # 429 / queue full: a load signal, not a fault
-    CANCELLED = "cancelled"  # the client went away: says nothing about the upstream
-
-    @property
-    def is_failure(self) -> bool:
-        return self in _FAILURES
-
-
-_FAILURES = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT, Outcome.HTTP_5XX, Outcome.ABORT})
 
 
 def saturation_load(capacity: int, endpoints: int) -> float:

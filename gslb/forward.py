@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from gslb.fleet import Outcome
+from gslb.healthevents import Outcome
 
 RETRYABLE_STATUS: Final = frozenset({502, 503, 504})
 

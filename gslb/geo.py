@@ -27,8 +27,11 @@ class Location:
     lon: float | None = None
 
     @property
-    def has_point(self) -> bool:
-        return self.lat is not None and self.lon is not None
+    def point(self) -> tuple[float, float] | None:
+        """``(lat, lon)``, or ``None`` when only the country is known."""
+        if self.lat is None or self.lon is None:
+            return None
+        return (self.lat, self.lon)
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -1,10 +1,11 @@
 """Load reports: what each inference server says about its own queue.
 
 Local in-flight counts only see this edge's traffic; a server's own metrics include every
-edge's. ``LoadPoller`` scrapes each endpoint whose region sets ``load.kind`` and stores
-``running + waiting`` in ``EndpointState.reported_load``; ``FleetState.region_load`` uses a
-report while it is at most ``load.max_age_s`` old (taking the larger of it and the local
-in-flight count) and falls back to local counts after that.
+edge's. The periodic runner (``gslb.periodic``) scrapes each endpoint whose region sets
+``load.kind``, parses the page here, and hands ``running + waiting`` to
+``HealthPolicy.on_load_report``; ``FleetState.region_load`` uses a report while it is at most
+``load.max_age_s`` old (taking the larger of it and the local in-flight count) and falls back
+to local counts after that.
 
 Formats (``load.kind``):
 
@@ -22,31 +23,19 @@ KV cache figure is the largest one, since the fullest engine is the one that sta
 A page that lacks a required metric, or holds a negative or non-finite value, is an error: a
 misconfigured ``kind`` must not look like an idle server.
 
-Parsing is pure. Only the lines of the wanted metrics reach prometheus_client's parser: a vLLM
-page carries hundreds of histogram lines, and parsing them for every endpoint every second
-would cost the event loop far more than the scrape itself.
+This module is pure: text in, ``LoadReport`` out. Only the lines of the wanted metrics reach
+prometheus_client's parser: a vLLM page carries hundreds of histogram lines, and parsing them
+for every endpoint every second would cost the event loop far more than the scrape itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
-import random
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-
-from gslb.config import LoadConfig
-from gslb.fleet import EndpointState, FleetState
-
-LOG = logging.getLogger("gslb.loadreport")
-
-MAX_BODY_BYTES = 4 * 1024 * 1024  # a metrics page larger than this is a misconfiguration
 
 
 class LoadReportError(ValueError):
@@ -199,122 +188,3 @@ def parse(kind: str, text: str) -> LoadReport:
     if parser is None:
         raise LoadReportError(f"no load report parser for kind {kind!r}")
     return parser(text)
-
-
-# --------------------------------------------------------------------------------------------
-# The shell: pollers
-
-
-class LoadPoller:
-    """Scrapes every endpoint whose region has ``load.kind != "none"``.
-
-    One task per endpoint, polls start to start every ``load.interval_s`` (jittered by 10% so
-    endpoints drift apart), each bounded by ``load.timeout_s``. A failed or unreadable scrape
-    leaves the last report in place; ``max_age_s`` retires it. The first parse failure of an
-    endpoint is logged as a warning (a wrong ``kind`` would otherwise go unnoticed), repeats at
-    debug until it succeeds again.
-    """
-
-    JITTER = 0.1
-
-    def __init__(
-        self,
-        fleet: FleetState,
-        session: aiohttp.ClientSession,
-        *,
-        rnd: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        log: logging.Logger | None = None,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
-        self.fleet = fleet
-        self.session = session
-        self.rnd = rnd or random.Random()
-        self.clock = clock
-        self.log = log or LOG
-        self.max_body_bytes = max_body_bytes
-        # The last good report per endpoint URL (status page: KV cache, running vs waiting).
-        self.reports: dict[str, LoadReport] = {}
-        self._warned: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    def endpoints(self) -> list[EndpointState]:
-        return [e for e in self.fleet.endpoints() if self._load(e).kind != "none"]
-
-    def start(self) -> None:
-        if self._tasks:
-            return
-        for ep in self.endpoints():
-            self._tasks.append(asyncio.create_task(self._run(ep), name=f"load:{ep.url}"))
-
-    async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def run_round(self) -> None:
-        """Poll every endpoint once, concurrently."""
-        await asyncio.gather(*(self.poll_once(ep) for ep in self.endpoints()))
-
-    async def poll_once(self, ep: EndpointState) -> LoadReport | None:
-        """Scrape one endpoint; store and return its report, or None. Never raises."""
-        cfg = self._load(ep)
-        url = ep.url + cfg.path
-        try:
-            text = await self._fetch(url, cfg)
-            report = parse(cfg.kind, text)
-        except LoadReportError as exc:
-            self._parse_failed(url, exc)
-            return None
-        except Exception as exc:  # unreachable, time-out, reset: health checks deal with those
-            self.log.debug("load report %s failed: %s %s", url, type(exc).__name__, exc)
-            return None
-        self._warned.discard(url)
-        now = self.clock()
-        ep.reported_load = report.load
-        ep.reported_at = now
-        self.reports[ep.url] = report
-        self.fleet.refresh_region(self.fleet.regions[ep.region], now)
-        return report
-
-    async def _fetch(self, url: str, cfg: LoadConfig) -> str:
-        timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
-        async with self.session.get(url, timeout=timeout, allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(
-                    resp.request_info, resp.history, status=resp.status, message="not 200"
-                )
-            body = bytearray()
-            async for chunk in resp.content.iter_any():
-                body += chunk
-                if len(body) > self.max_body_bytes:
-                    raise LoadReportError(f"response larger than {self.max_body_bytes} bytes")
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LoadReportError("response is not UTF-8 text") from None
-
-    def _parse_failed(self, url: str, exc: LoadReportError) -> None:
-        if url in self._warned:
-            self.log.debug("load report %s unreadable: %s", url, exc)
-            return
-        self._warned.add(url)
-        self.log.warning("load report %s unreadable: %s", url, exc)
-
-    def _load(self, ep: EndpointState) -> LoadConfig:
-        return self.fleet.regions[ep.region].cfg.load
-
-    async def _run(self, ep: EndpointState) -> None:
-        cfg = self._load(ep)
-        await asyncio.sleep(self.rnd.random() * cfg.interval_s)
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                await self.poll_once(ep)
-            except Exception:  # poll_once swallows failures; this guards against bugs
-                self.log.debug("load loop for %s: unexpected error", ep.url, exc_info=True)
-            spread = self.JITTER * (2.0 * self.rnd.random() - 1.0)
-            delay = cfg.interval_s * (1.0 + spread) - (loop.time() - started)
-            await asyncio.sleep(max(0.0, delay))

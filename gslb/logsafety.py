@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from gslb.clientip import parse_ip, truncate_ip
+from gslb.config import CLIENT_IP_NONE, CLIENT_IP_TRUNCATED
 
 log = logging.getLogger("gslb.refused")
 
@@ -244,7 +245,7 @@ class Refusals:
         refusal_log: RefusalLog,
         *,
         via: Callable[[], str],
-        client_ip: Callable[[], str] = lambda: "truncated",
+        client_ip: Callable[[], str] = lambda: CLIENT_IP_TRUNCATED,
         on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.log = refusal_log
@@ -275,7 +276,7 @@ class Refusals:
         return Answer(refusal.status, headers, body, reason, rid)
 
     def _client(self, peer: str | None) -> str | None:
-        if peer is None or self.client_ip() == "none":
+        if peer is None or self.client_ip() == CLIENT_IP_NONE:
             return None
         ip = parse_ip(peer)
         return truncate_ip(ip) if ip is not None else None

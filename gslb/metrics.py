@@ -35,10 +35,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gslb.fleet import FleetState
+from gslb.forward import RETRY_REASONS as FORWARD_RETRY_REASONS
 from gslb.geoip import LOOKUP_RESULTS
+from gslb.healthevents import CORDONED, EJECTED
 from gslb.logsafety import REASONS as REFUSAL_REASONS
 from gslb.observe import RequestRecord
 from gslb.router import DENIAL_CAUSES
+from gslb.scoring import REASONS, SPILL
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -53,40 +56,10 @@ DECISION_BUCKETS: Final = (
 
 ENDPOINT_STATES: Final = ("up", "down", "ejected", "cordoned", "draining")
 
-# Retry reasons the proxy produces: retryable statuses, its own time-out/connect words and
-# aiohttp exception class names. Anything else becomes "other" so the label stays bounded.
-RETRY_REASONS: Final = frozenset(
-    {
-        "http_429",
-        "http_500",
-        "http_502",
-        "http_503",
-        "http_504",
-        "timeout",
-        "ttft_timeout",
-        "connect_error",
-        "ClientError",
-        "ClientConnectionError",
-        "ClientConnectorError",
-        "ClientConnectorDNSError",
-        "ClientConnectorSSLError",
-        "ClientConnectorCertificateError",
-        "ClientSSLError",
-        "ClientOSError",
-        "ClientPayloadError",
-        "ClientResponseError",
-        "ConnectionTimeoutError",
-        "SocketTimeoutError",
-        "ServerConnectionError",
-        "ServerDisconnectedError",
-        "ServerTimeoutError",
-        "ServerFingerprintMismatch",
-        "TooManyRedirects",
-        "InvalidURL",
-        "WSServerHandshakeError",
-    }
-)
 OTHER: Final = "other"
+# Retry reasons are the forwarding core's own names (gslb.forward); anything else becomes
+# OTHER so the label stays bounded.
+RETRY_REASONS: Final = FORWARD_RETRY_REASONS | {OTHER}
 NO_REGION: Final = "none"  # region label when gslb answered the request itself
 # Routes are gslb's decision reasons and error codes; the cap only guards against a future
 # bug feeding free text in.
@@ -97,7 +70,7 @@ MAX_MERGED: Final = frozenset({"gslb_region_routable", "gslb_endpoint_state"})
 
 
 class HealthEventLike(Protocol):
-    """What ``Metrics.health_event`` reads from a health transition (``gslb.health``)."""
+    """What ``Metrics.health_event`` reads from a health transition (``gslb.healthevents``)."""
 
     @property
     def kind(self) -> str: ...
@@ -295,7 +268,7 @@ class Metrics:
         if record.ttfb_s is not None:
             ttfb.observe(record.ttfb_s)
         duration.observe(record.duration_s)
-        if record.route == "spill" and record.spilled_from:
+        if record.route == REASONS[SPILL] and record.spilled_from:
             self._spill(record.spilled_from, region)
         for reason in record.retries:
             self._retry(reason)
@@ -331,10 +304,10 @@ class Metrics:
         child.inc()
 
     def health_event(self, event: HealthEventLike) -> None:
-        """Adapter for ``HealthChecker(on_event=...)``: counts cordons and ejections."""
-        if event.kind == "cordoned":
+        """Adapter for the health policy's ``on_event`` callback: counts cordons and ejections."""
+        if event.kind == CORDONED:
             self.cordoned(event.region)
-        elif event.kind == "ejected":
+        elif event.kind == EJECTED:
             self.ejected(event.region)
 
     # -- exposition ----------------------------------------------------------------------------

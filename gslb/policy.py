@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gslb import countries
-from gslb.config import Config, RegionConfig, ResidencyRule
+from gslb.config import (
+    UNKNOWN_DENY,
+    UNKNOWN_UNRESTRICTED,
+    Config,
+    RegionConfig,
+    ResidencyRule,
+)
 from gslb.geo import Location
 
 BUDGET_HEADER = "X-GSLB-Latency-Budget-Ms"
@@ -96,9 +102,9 @@ class Placement:
     def residency(self, country: str | None) -> tuple[int, tuple[str, ...]]:
         """(mask, names of the matching rules) for a client country (``None``: unplaceable)."""
         if country is None:
-            if self.unknown_location == "deny":
+            if self.unknown_location == UNKNOWN_DENY:
                 return 0, ()
-            if self.unknown_location == "unrestricted" or self.edge_country is None:
+            if self.unknown_location == UNKNOWN_UNRESTRICTED or self.edge_country is None:
                 # No edge country is only possible without residency rules (config checks).
                 return self.all_mask, ()
             country = self.edge_country
@@ -106,7 +112,7 @@ class Placement:
 
     def unplaceable_denied(self, facts: RequestFacts) -> bool:
         """The client cannot be placed and this edge refuses such clients."""
-        return facts.country is None and self.unknown_location == "deny"
+        return facts.country is None and self.unknown_location == UNKNOWN_DENY
 
     def certifications(self, required: frozenset[str]) -> int:
         mask = self._cert_cache.get(required)

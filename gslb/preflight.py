@@ -16,8 +16,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gslb.accesslog import OFF, STREAMS
-from gslb.config import Config, ConfigError, HostPort, parse_hostport, parse_toml
+from gslb.config import (
+    ACCESS_LOG_OFF,
+    ACCESS_LOG_STREAMS,
+    Config,
+    ConfigError,
+    HostPort,
+    parse_hostport,
+    parse_toml,
+)
 from gslb.geoip import GeoIP, GeoIPError
 from gslb.runtime import build_runtime
 from gslb.server import listener_tls
@@ -54,7 +61,7 @@ def check_geoip(cfg: Config) -> None:
 def check_access_log(destination: str) -> None:
     """Would ``AccessLog`` open this target? Checked without creating the file, so that
     ``check-config`` on an operator's machine leaves no empty log behind."""
-    if destination in (OFF, "", *STREAMS):
+    if destination in (ACCESS_LOG_OFF, "", *ACCESS_LOG_STREAMS):
         return
     path = os.path.abspath(os.path.expanduser(destination))
     try:

@@ -20,7 +20,7 @@ import errno
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gslb.clientip import client_ip, parse_ip, truncate_ip
-from gslb.fleet import EndpointState, Outcome
+from gslb.config import CLIENT_IP_FULL, CLIENT_IP_NONE
+from gslb.fleet import EndpointState
+from gslb.forward import OVERLOADED, Act, ClientError, Exchange, Failure, Step
 from gslb.geoip import GeoIP
 from gslb.headers import downstream_headers, upstream_headers, valid_request_id
 from gslb.logsafety import where_it_failed
@@ -38,10 +40,11 @@ from gslb.observe import NullObserver, Observer, RequestRecord
 from gslb.policy import BadControlHeader, facts_from_headers
 from gslb.router import UNPLACEABLE
 from gslb.runtime import Runtime
+from gslb.scoring import REASONS, SPILL
 
 log = logging.getLogger("gslb.proxy")
+SPILL_REASON = REASONS[SPILL]
 
-RETRYABLE_STATUS = frozenset({502, 503, 504})
 _OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 NO_BODY_STATUS = frozenset({204, 304})
 READ_CHUNK = 65536
@@ -58,6 +61,12 @@ class GslbError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def answer(err: ClientError) -> GslbError:
+    """The exchange's verdict as the error this handler answers with."""
+    headers = {"Retry-After": err.retry_after} if err.retry_after else None
+    return GslbError(err.status, err.code, err.message, headers)
 
 
 def error_response(
@@ -84,19 +93,9 @@ class Body:
         return self.stream is None
 
 
-class _UpstreamFailed(Exception):
-    """One attempt failed before commit; ``outcome`` says how, ``retry_reason`` for metrics."""
-
-    def __init__(self, outcome: Outcome, reason: str, status: int = 502) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
-        self.reason = reason
-        self.status = status
-
-
 @dataclass(slots=True)
-class _Attempt:
-    """State of the request as it goes; folded into the ``RequestRecord`` at the end."""
+class _Tally:
+    """What one request did as it goes (all its attempts); folded into its ``RequestRecord``."""
 
     request_id: str
     started: float
@@ -143,7 +142,7 @@ class Proxy:
         incoming = request.headers.get("X-Request-Id")
         rid = incoming if valid_request_id(incoming) else self._new_request_id()
         assert rid is not None
-        st = _Attempt(request_id=rid, started=self.clock())
+        st = _Tally(request_id=rid, started=self.clock())
         try:
             return await self._handle(request, rt, st)
         except GslbError as err:
@@ -154,7 +153,7 @@ class Proxy:
             raise
         except ConnectionResetError:  # the client went away while we wrote to it
             _cut(request)
-            _client_gone(st)
+            st.status, st.error = 499, "client_closed"
             return st.response or web.Response(status=499)
         except Exception as exc:  # never a traceback to a client, nor its bytes to the log
             log.error("internal error on request %s: %s", rid, where_it_failed(exc))
@@ -165,7 +164,7 @@ class Proxy:
             self._record(request, st)
 
     @staticmethod
-    def _error_headers(rt: Runtime, st: _Attempt) -> dict[str, str]:
+    def _error_headers(rt: Runtime, st: _Tally) -> dict[str, str]:
         """Via, and the route headers when a decision was made, on gslb's own answers too."""
         cfg = rt.cfg.proxy
         headers = {"Via": f"1.1 {cfg.via}"}
@@ -190,7 +189,7 @@ class Proxy:
 
     # -- the request path ----------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request, rt: Runtime, st: _Attempt) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, rt: Runtime, st: _Tally) -> web.StreamResponse:
         cfg = rt.cfg
         _refuse_proxy_forms(request)
         peer = request.remote
@@ -217,8 +216,8 @@ class Proxy:
             self.observer.denied(denial.cause, denial.rules)
             code = "client_unplaceable" if denial.cause == UNPLACEABLE else "no_eligible_region"
             raise GslbError(503, code, denial.message, {"Retry-After": "5"})
-        if decision.reason == "spill":
-            st.spilled_from = _home_of(rt, facts, decision.order)
+        if decision.reason == SPILL_REASON:
+            st.spilled_from = decision.home
         headers = upstream_headers(
             request.headers,
             peer=peer,
@@ -259,231 +258,223 @@ class Proxy:
         rt: Runtime,
         order: tuple[int, ...],
         body: Body,
-        st: _Attempt,
+        st: _Tally,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
-        """Try the decision's candidates in order (the same upstream headers for each)."""
+        """Forward over HTTP: the exchange decides, ``_attempt`` moves the bytes."""
         cfg = rt.cfg
-        max_attempts = cfg.routing.max_attempts
-        last: _UpstreamFailed | None = None
+        ex = Exchange(order, cfg.routing.max_attempts, body.replayable, cfg.proxy.max_body_bytes)
+
+        async def attempt(ep: EndpointState) -> Step:
+            return await self._attempt(request, rt, ex, ep, body, st, headers)
+
+        await self.drive(rt, ex, st, attempt)
+        assert st.response is not None
+        return st.response
+
+    async def drive(
+        self,
+        rt: Runtime,
+        ex: Exchange,
+        st: _Tally,
+        attempt: Callable[[EndpointState], Awaitable[Step]],
+    ) -> Step:
+        """The one candidate loop, for HTTP and WebSocket alike: pick an endpoint in the
+        region the exchange names, run ``attempt`` on it, report its outcome to health, and
+        go on while the exchange says TRY. Raises ``GslbError`` when it says ANSWER."""
+        can_pick = self.can_pick_for(rt)
+        step = ex.start(can_pick)
         tried: EndpointState | None = None
-        for position, region_index in enumerate(order):
-            if st.attempts >= max_attempts:
-                break
-            if st.attempts and not body.replayable:
-                break  # part of the body went upstream already: cannot replay it
-            ep = rt.fleet.pick(region_index, self.clock(), exclude=tried)
+        while step.act is Act.TRY:
+            ep = rt.fleet.pick(ex.region, self.clock(), exclude=tried)
             if ep is None:
+                step = ex.no_endpoint(can_pick)
                 continue
             tried = ep
-            st.attempts += 1
-            st.region = rt.fleet.regions[region_index].name
-            may_retry = self._another_candidate(rt, order, position, body, st)
-            try:
-                return await self._attempt(request, rt, ep, body, st, headers, may_retry)
-            except _UpstreamFailed as failed:
-                last = failed
-                self._report(rt, ep, failed.outcome)
-                st.retries = (*st.retries, failed.reason)
+            st.attempts = ex.attempts
+            st.region = rt.fleet.regions[ex.region].name
+            step = await attempt(ep)
+            st.retries = ex.retries
+            if step.outcome is not None:
+                rt.health.on_outcome(ep, step.outcome, self.clock())
+            if step.act is Act.TRY:
                 log.info(
                     "request %s: attempt %d on %s failed before commit: %s",
                     st.request_id,
-                    st.attempts,
+                    ex.attempts - 1,
                     st.region,
-                    failed.reason,
+                    ex.failure,
                 )
-        if last is None:
-            raise GslbError(
-                503,
-                "no_eligible_region",
-                "no healthy endpoint in the allowed regions",
-                {"Retry-After": "5"},
-            )
-        if last.outcome is Outcome.TIMEOUT:
-            raise GslbError(504, "upstream_timeout", "the upstream did not answer in time")
-        raise GslbError(502, "upstream_unavailable", f"the upstream failed: {last.reason}")
+        if step.act is Act.ANSWER:
+            assert step.error is not None
+            if step.error is OVERLOADED:
+                self._warn_out_of_files()
+            raise answer(step.error)
+        return step
 
-    def _another_candidate(
-        self, rt: Runtime, order: tuple[int, ...], position: int, body: Body, st: _Attempt
-    ) -> bool:
-        """Whether a failure of this attempt could be retried: only then is a 502/503/504
-        held back from the client, so the last candidate's own answer reaches it as is."""
-        if st.attempts >= rt.cfg.routing.max_attempts or not body.replayable:
-            return False
-        now = self.clock()
-        return any(rt.fleet.can_pick(i, now) for i in order[position + 1 :])
+    def can_pick_for(self, rt: Runtime) -> Callable[[int], bool]:
+        """Whether a region has an endpoint to try now: the exchange plans retries with it."""
+        fleet, clock = rt.fleet, self.clock
+        return lambda region: fleet.can_pick(region, clock())
 
     async def _attempt(
         self,
         request: web.Request,
         rt: Runtime,
+        ex: Exchange,
         ep: EndpointState,
         body: Body,
-        st: _Attempt,
+        st: _Tally,
         headers: CIMultiDict[str],
-        may_retry: bool,
-    ) -> web.StreamResponse:
-        cfg = rt.cfg.proxy
+    ) -> Step:
+        """One candidate, from sending the request to the end of the response (or a failure
+        before commit, whose step says what comes next)."""
         fleet = rt.fleet
-        url = ep.url + request.raw_path
+        sent_at = self.clock()
+        fleet.acquire(ep)
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            step, upstream, first, has_body = await self._commit_window(
+                request, rt, ex, ep, body, st, headers
+            )
+            if step.act is Act.COMMIT:
+                assert upstream is not None
+                ttfb = self.clock() - sent_at
+                st.ttfb_s = ttfb
+                rt.health.on_ttfb(ep.region, ttfb)
+                step = await self._relay(request, rt, ex, upstream, first, has_body, st)
+                if step.act is Act.FINISH:
+                    rt.health.on_duration(ep.region, self.clock() - sent_at)
+            return step
+        finally:
+            if upstream is not None:
+                upstream.release()
+            fleet.release(ep)
+
+    async def _commit_window(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        ex: Exchange,
+        ep: EndpointState,
+        body: Body,
+        st: _Tally,
+        headers: CIMultiDict[str],
+    ) -> tuple[Step, aiohttp.ClientResponse | None, bytes, bool]:
+        """Send the request; wait for the head and the first body bytes, all within one
+        deadline (``ttft_timeout_s``). Every way it can end becomes an event of ``ex``.
+
+        Returns the step, the response, its first bytes, and whether it has a body at all
+        (not for HEAD, 1xx, 204 and 304)."""
+        can_pick = self.can_pick_for(rt)
         data: bytes | AsyncIterator[bytes] | None
         if body.replayable:
             data = body.data if body.data else None
         else:
             data = self._stream_body(body, rt.cfg.proxy.max_body_bytes, st)
-        sent_at = self.clock()
-        deadline = asyncio.get_running_loop().time() + cfg.ttft_timeout_s
-        fleet.acquire(ep)
-        outcome = Outcome.CANCELLED
+        deadline = asyncio.get_running_loop().time() + rt.cfg.proxy.ttft_timeout_s
         upstream: aiohttp.ClientResponse | None = None
+        first = b""
+        has_body = False
         try:
-            try:
-                # One deadline for the whole commit window: headers and the first body chunk.
-                async with asyncio.timeout_at(deadline):
-                    upstream = await self.session.request(
-                        request.method,
-                        url,
-                        headers=headers,
-                        data=data,
-                        allow_redirects=False,
-                        ssl=rt.upstream_ssl[ep.region],
-                        timeout=rt.upstream_timeout,
-                    )
-                    first, no_body = await self._first_chunk(request, upstream, may_retry)
-            except aiohttp.ConnectionTimeoutError:
-                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
-            except TimeoutError:
-                reason = "timeout" if upstream is None else "ttft_timeout"
-                raise _UpstreamFailed(Outcome.TIMEOUT, reason) from None
-            except aiohttp.ClientConnectorError as exc:
-                if exc.os_error.errno in _OUT_OF_FILES:
-                    # Our own resource limit, not the upstream's fault: no health penalty.
-                    self._warn_out_of_files()
-                    raise GslbError(
-                        503,
-                        "overloaded",
-                        "the proxy is at its connection limit",
-                        {"Retry-After": "1"},
-                    ) from None
-                raise _UpstreamFailed(Outcome.CONNECT_ERROR, "connect_error") from None
-            except aiohttp.ClientError as exc:
-                if body.overflow:  # our own limit stopped the upload, not the upstream
-                    raise GslbError(
-                        413, "body_too_large", f"request body over {cfg.max_body_bytes} bytes"
-                    ) from None
-                failure = Outcome.CONNECT_ERROR if upstream is None else Outcome.ABORT
-                raise _UpstreamFailed(failure, _short(exc)) from None
-            ttfb = self.clock() - sent_at
-            st.ttfb_s = ttfb
-            rt.health.on_ttfb(ep.region, ttfb)
-            outcome = await self._commit(request, rt, ep, upstream, first, no_body, sent_at, st)
-            assert st.response is not None
-            return st.response
-        finally:  # a failure before commit is reported by the retry loop instead
-            if upstream is not None:
-                upstream.release()
-            fleet.release(ep)
-            if outcome is not Outcome.CANCELLED:
-                self._report(rt, ep, outcome)
+            async with asyncio.timeout_at(deadline):
+                upstream = await self.session.request(
+                    request.method,
+                    ep.url + request.raw_path,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    ssl=rt.upstream_ssl[ep.region],
+                    timeout=rt.upstream_timeout,
+                )
+                status = upstream.status
+                has_body = request.method != "HEAD" and status >= 200
+                has_body = has_body and status not in NO_BODY_STATUS
+                step = ex.head(status, has_body, can_pick)
+                if step.act is Act.READ_FIRST:
+                    first = await upstream.content.readany()
+                    step = ex.first_bytes()
+        except aiohttp.ConnectionTimeoutError:
+            step = ex.failed(Failure.CONNECT_ERROR, can_pick)
+        except TimeoutError:
+            step = ex.failed(Failure.TIMEOUT, can_pick)
+        except aiohttp.ClientConnectorError as exc:
+            out_of_files = exc.os_error.errno in _OUT_OF_FILES
+            step = ex.failed(
+                Failure.OUT_OF_FILES if out_of_files else Failure.CONNECT_ERROR, can_pick
+            )
+        except aiohttp.ClientError:
+            if body.overflow:  # our own limit stopped the upload, not the upstream
+                step = ex.failed(Failure.BODY_TOO_LARGE, can_pick)
+            elif upstream is None:
+                step = ex.failed(Failure.CONNECT_ERROR, can_pick)
+            else:
+                step = ex.failed(Failure.ABORTED, can_pick)
+        return step, upstream, first, has_body
 
-    async def _first_chunk(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, may_retry: bool
-    ) -> tuple[bytes, bool]:
-        """Inside the commit window: refuse a retryable status, wait for the first bytes."""
-        status = upstream.status
-        if status in RETRYABLE_STATUS and may_retry:
-            raise _UpstreamFailed(Outcome.HTTP_5XX, f"http_{status}", status)
-        no_body = request.method == "HEAD" or status in NO_BODY_STATUS or status < 200
-        first = b"" if no_body else await upstream.content.readany()
-        return first, no_body
-
-    async def _commit(
+    async def _relay(
         self,
         request: web.Request,
         rt: Runtime,
-        ep: EndpointState,
+        ex: Exchange,
         upstream: aiohttp.ClientResponse,
         first: bytes,
-        no_body: bool,
-        sent_at: float,
-        st: _Attempt,
-    ) -> Outcome:
-        """Send status and headers to the client, then the body. Returns the outcome."""
+        has_body: bool,
+        st: _Tally,
+    ) -> Step:
+        """Committed: send the head and the body to the client; ``idle_timeout_s`` (the
+        upstream session's sock_read) bounds every silence. Returns the final step."""
         cfg = rt.cfg.proxy
-        status = upstream.status
         route_headers = (
-            ((cfg.region_header, rt.fleet.regions[ep.region].name), (cfg.route_header, st.route))
+            ((cfg.region_header, st.region or ""), (cfg.route_header, st.route))
             if cfg.expose_route_headers
             else ()
         )
         headers = downstream_headers(
             upstream.headers, request_id=st.request_id, via=cfg.via, route=route_headers
         )
-        st.status = status
+        st.status = upstream.status
         content = upstream.content
         try:
-            if not no_body and content.at_eof():
+            if has_body and content.at_eof():
                 # The whole body came with the first read: one response, one write.
                 st.response = web.Response(
-                    status=status, reason=upstream.reason, headers=headers, body=first
+                    status=upstream.status, reason=upstream.reason, headers=headers, body=first
                 )
                 await st.response.prepare(request)
                 await st.response.write_eof()
                 st.bytes_out += len(first)
-            else:
-                st.response = web.StreamResponse(
-                    status=status, reason=upstream.reason, headers=headers
-                )
-                await st.response.prepare(request)
-                if not no_body:
-                    return await self._stream(request, rt, ep, upstream, first, sent_at, st)
-                await st.response.write_eof()
-        except ConnectionResetError:
-            _cut(request)  # closing already; make sure nothing more is attempted on it
-            return _client_gone(st)
-        rt.health.on_duration(ep.region, self.clock() - sent_at)
-        return _status_outcome(status)
+                return ex.finished()
+            response = st.response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
+            await response.prepare(request)
+            if first:
+                await response.write(first)
+                st.bytes_out += len(first)
+            while has_body:
+                try:
+                    chunk = await content.readany()
+                except aiohttp.ServerTimeoutError:
+                    log.warning("request %s: upstream stalled mid-stream; cut", st.request_id)
+                    _cut(request)
+                    return ex.stalled()
+                except aiohttp.ClientError:
+                    log.warning("request %s: upstream aborted mid-stream; cut", st.request_id)
+                    _cut(request)
+                    return ex.aborted()
+                if not chunk:
+                    break
+                await response.write(chunk)  # awaits the client: backpressure
+                st.bytes_out += len(chunk)
+            await response.write_eof()
+            return ex.finished()
+        except ConnectionResetError:  # the client hung up while we wrote to it: 499
+            _cut(request)
+            st.status, st.error = 499, "client_closed"
+            return ex.client_gone()
 
-    async def _stream(
-        self,
-        request: web.Request,
-        rt: Runtime,
-        ep: EndpointState,
-        upstream: aiohttp.ClientResponse,
-        first: bytes,
-        sent_at: float,
-        st: _Attempt,
-    ) -> Outcome:
-        """Relay a committed body chunk by chunk; ``idle_timeout_s`` bounds every silence."""
-        response = st.response
-        assert response is not None
-        if first:
-            await response.write(first)
-            st.bytes_out += len(first)
-        content = upstream.content
-        while True:
-            try:
-                # The upstream session's sock_read timeout (idle_timeout_s) bounds each wait.
-                chunk = await content.readany()
-            except aiohttp.ServerTimeoutError:
-                log.warning("request %s: upstream stalled mid-stream; cut", st.request_id)
-                _cut(request)
-                return Outcome.TIMEOUT
-            except aiohttp.ClientError as exc:
-                log.warning(
-                    "request %s: upstream aborted mid-stream (%s)", st.request_id, _short(exc)
-                )
-                _cut(request)
-                return Outcome.ABORT
-            if not chunk:
-                break
-            await response.write(chunk)  # awaits the client: backpressure
-            st.bytes_out += len(chunk)
-        await response.write_eof()
-        rt.health.on_duration(ep.region, self.clock() - sent_at)
-        return _status_outcome(upstream.status)
-
-    async def _stream_body(self, body: Body, limit: int, st: _Attempt) -> AsyncIterator[bytes]:
+    async def _stream_body(self, body: Body, limit: int, st: _Tally) -> AsyncIterator[bytes]:
         """The buffered prefix, then the rest of the client's body as it arrives."""
         total = len(body.data)
         yield body.data
@@ -506,7 +497,7 @@ class Proxy:
         request: web.Request,
         rt: Runtime,
         order: tuple[int, ...],
-        st: _Attempt,
+        st: _Tally,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
         from gslb.wsproxy import relay_websocket
@@ -515,12 +506,7 @@ class Proxy:
 
     # -- accounting ----------------------------------------------------------------------------
 
-    def _report(self, rt: Runtime, ep: EndpointState, outcome: Outcome) -> None:
-        """Tell passive health how an attempt ended (the policy of the request's config)."""
-        now = self.clock()
-        rt.health.on_outcome(ep, outcome, now)
-
-    def _record(self, request: web.Request, st: _Attempt) -> None:
+    def _record(self, request: web.Request, st: _Tally) -> None:
         record = RequestRecord(
             request_id=st.request_id,
             method=request.method,
@@ -564,9 +550,9 @@ def _peer_trusted(rt: Runtime, peer: str | None) -> bool:
 
 
 def _client_label(ip: Any, mode: str) -> str | None:
-    if ip is None or mode == "none":
+    if ip is None or mode == CLIENT_IP_NONE:
         return None
-    return str(ip) if mode == "full" else truncate_ip(ip)
+    return str(ip) if mode == CLIENT_IP_FULL else truncate_ip(ip)
 
 
 def _model_of(body: Body, request: web.Request) -> str | None:
@@ -580,24 +566,6 @@ def _model_of(body: Body, request: web.Request) -> str | None:
     return model if isinstance(model, str) and len(model) <= 256 else None
 
 
-def _home_of(rt: Runtime, facts: Any, order: tuple[int, ...]) -> str | None:
-    """The region a spill left: the nearest allowed, routable, active region."""
-    net = rt.router.net_ms(facts.location)
-    snap = rt.fleet.snapshot
-    regions = rt.cfg.regions
-    mask = rt.router.allowed_mask(facts)
-    best: int | None = None
-    for i in range(len(regions)):
-        if (
-            mask >> i & 1
-            and snap.routable[i]
-            and regions[i].active
-            and (best is None or net[i] < net[best])
-        ):
-            best = i
-    return regions[best].name if best is not None else None
-
-
 def _is_websocket(request: web.Request) -> bool:
     return (
         request.method == "GET"
@@ -606,26 +574,8 @@ def _is_websocket(request: web.Request) -> bool:
     )
 
 
-def _status_outcome(status: int) -> Outcome:
-    if status == 429:
-        return Outcome.SATURATED
-    if status >= 500:
-        return Outcome.HTTP_5XX
-    return Outcome.SUCCESS
-
-
-def _client_gone(st: _Attempt) -> Outcome:
-    """The client hung up while we wrote to it: 499, nothing wrong with the upstream."""
-    st.status, st.error = 499, "client_closed"
-    return Outcome.CANCELLED
-
-
 def _cut(request: web.Request) -> None:
     """End a committed response without its terminating chunk: the client sees truncation."""
     transport = request.transport
     if transport is not None:
         transport.close()
-
-
-def _short(exc: BaseException) -> str:
-    return type(exc).__name__

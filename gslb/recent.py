@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from gslb.observe import RequestRecord
+from gslb.scoring import REASONS, SPILL
 
 
 class RecentActivity:
@@ -28,7 +29,7 @@ class RecentActivity:
 
     def request_done(self, record: RequestRecord) -> None:
         self.decisions[record.route or "none"] += 1
-        if record.route == "spill" and record.spilled_from and record.region:
+        if record.route == REASONS[SPILL] and record.spilled_from and record.region:
             self._spills.append((self.clock(), record.spilled_from, record.region))
 
     def decision_made(self, seconds: float) -> None:

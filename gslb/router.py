@@ -63,6 +63,8 @@ class Decision:
     fallbacks: tuple[str, ...]
     candidates: tuple[Candidate, ...] = ()
     order: tuple[int, ...] = ()
+    # The nearest routable active allowed region: where a spill comes from.
+    home: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +100,11 @@ class Router:
             cfg.routing.spill_penalty_ms,
         )
         self._keep = cfg.routing.max_attempts  # candidates the proxy can use
-        self._decisions: dict[tuple[int, tuple[int, ...]], Decision] = {}
+        self._decisions: dict[tuple[int, tuple[int, ...], int], Decision] = {}
         self._edge = cfg.geoip.edge_location
         self._net_cache: dict[Location | None, array[float]] = {}
         self._mask_cache: dict[int, bytes] = {}
-        self._reasons: tuple[str, ...] = kernels.REASONS
+        self._reasons: tuple[str, ...] = scoring.REASONS  # the names exist once, in the twin
         # Explanations come from the twin, which states why for every region; it is fed the
         # same inputs as the kernel, and tests hold the two to the same decisions.
         self._twin = (
@@ -128,12 +130,9 @@ class Router:
         """Modeled RTT to every region from a client location (cached per location)."""
         net = self._net_cache.get(location)
         if net is None:
-            if location is not None and location.lat is not None and location.lon is not None:
-                point = (location.lat, location.lon)
-            else:
-                point = self._edge
+            point = location.point if location is not None else None
             country = location.country if location is not None else None
-            net = array("d", self.latency.rtt_ms(point, country))
+            net = array("d", self.latency.rtt_ms(point or self._edge, country))
             if len(self._net_cache) >= NET_CACHE_SIZE:
                 self._net_cache.clear()  # rare; a full rebuild is cheaper than LRU bookkeeping
             self._net_cache[location] = net
@@ -164,14 +163,13 @@ class Router:
         net = self._net_cache.get(facts.location) or self.net_ms(facts.location)
         if explain:
             routable = snapshot.routable
-            code, order = self.kernel.decide(allowed, routable, net, snapshot.load, facts.budget_ms)
-            if not order and snapshot.last_resort != snapshot.routable:
+            result = self.kernel.decide(allowed, routable, net, snapshot.load, facts.budget_ms)
+            if not result[1] and snapshot.last_resort != snapshot.routable:
                 routable = snapshot.last_resort
-                code, order = self.kernel.decide(
-                    allowed, routable, net, snapshot.load, facts.budget_ms
-                )
+                result = self.kernel.decide(allowed, routable, net, snapshot.load, facts.budget_ms)
             candidates = self._explain(facts, snapshot, mask, allowed, routable, net)
-            return self._decision(code, order, candidates)
+            code, order, home = result
+            return self._decision(code, order, home, candidates)
         key = self.kernel.decide(
             allowed, snapshot.routable, net, snapshot.load, facts.budget_ms, self._keep
         )
@@ -184,7 +182,7 @@ class Router:
         if decision is None:
             if len(self._decisions) >= DECISION_CACHE_SIZE:
                 self._decisions.clear()
-            decision = self._decisions[key] = self._decision(key[0], key[1], ())
+            decision = self._decisions[key] = self._decision(key[0], key[1], key[2], ())
         return decision
 
     def allowed_mask(self, facts: RequestFacts) -> int:
@@ -224,13 +222,15 @@ class Router:
         return self.placement.residency(facts.country)[1]
 
     def _decision(
-        self, code: int, order: tuple[int, ...], candidates: tuple[Candidate, ...]
+        self, code: int, order: tuple[int, ...], home: int, candidates: tuple[Candidate, ...]
     ) -> Decision:
         names = self.names
         if not order:
             return Decision(None, self._reasons[code], (), candidates, ())
         fallbacks = tuple([names[i] for i in order[1:]])
-        return Decision(names[order[0]], self._reasons[code], fallbacks, candidates, order)
+        return Decision(
+            names[order[0]], self._reasons[code], fallbacks, candidates, order, names[home]
+        )
 
     # -- explanations (operator path) -------------------------------------------------------
 

@@ -15,9 +15,10 @@ from typing import cast
 import aiohttp
 
 from gslb.clientip import HeaderSource, TrustedProxies
-from gslb.config import Config, ConfigError, UpstreamTLSConfig
+from gslb.config import X_FORWARDED_FOR, Config, ConfigError, UpstreamTLSConfig
 from gslb.fleet import EndpointState, FleetState
-from gslb.health import HealthEvent, HealthPolicy
+from gslb.healthevents import HealthEvent
+from gslb.healthpolicy import HealthPolicy
 from gslb.router import Router
 
 # Health fields carried from an old endpoint to the same endpoint in a new config.
@@ -52,7 +53,7 @@ class Runtime:
     # (the commit window is bounded separately by ttft_timeout_s).
     upstream_timeout: aiohttp.ClientTimeout
     # The one header that carries the client address from a trusted proxy (geoip config).
-    address_header: HeaderSource = "x-forwarded-for"
+    address_header: HeaderSource = X_FORWARDED_FOR
     generation: int = 0
 
 

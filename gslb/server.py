@@ -25,12 +25,11 @@ from gslb import scoring
 from gslb.accesslog import AccessLog
 from gslb.config import Config, ConfigError
 from gslb.geoip import GeoIP
-from gslb.health import ActiveChecker
 from gslb.limits import Limits, refusing_factory
-from gslb.loadreport import LoadPoller
 from gslb.logsafety import RefusalLog, Refusals
 from gslb.metrics import Metrics
 from gslb.observe import Observer, Observers
+from gslb.periodic import HttpProber, HttpScraper, PeriodicRunner
 from gslb.policy import BUDGET_HEADER, CERTS_HEADER, RESIDENCY_HEADER, facts_from_headers
 from gslb.proxy import Proxy
 from gslb.recent import RecentActivity
@@ -102,7 +101,7 @@ class Worker:
         self.tls: ssl.SSLContext | None = listener_tls(cfg)
         self.limits: Limits | None = None
         self.listener: asyncio.Server | None = None
-        self._plane: _Plane | None = None
+        self._background: BackgroundTasks | None = None
 
     def geoip_stats(self) -> dict[str, int]:
         return self.geoip.stats
@@ -114,8 +113,8 @@ class Worker:
             self.runtime, self.geoip, self.session, observer=self.observer, clock=self.clock
         )
         if self.with_health:
-            self._plane = _Plane(self, self.runtime)
-            await self._plane.start(initial=True)
+            self._background = BackgroundTasks(self, self.runtime)
+            await self._background.start(initial=True)
         self.ready = True
         app = web.Application(client_max_size=cfg.proxy.max_body_bytes)
         app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
@@ -159,8 +158,8 @@ class Worker:
     async def stop(self) -> None:
         if self.listener is not None:
             self.listener.close()  # stop accepting; open connections finish below
-        if self._plane is not None:
-            await self._plane.stop()
+        if self._background is not None:
+            await self._background.stop()
         if self.runner is not None:
             await self.runner.cleanup()  # stops accepting, waits for in-flight requests
         if self.session is not None:
@@ -188,16 +187,16 @@ class Worker:
                 self.tls.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError("server.tls_cert", f"cannot load: {exc}") from None
-        plane = _Plane(self, new) if self.with_health else None
-        if plane is not None:
-            await plane.start(initial=False)
-        old_plane, self._plane = self._plane, plane
+        background = BackgroundTasks(self, new) if self.with_health else None
+        if background is not None:
+            await background.start(initial=False)
+        old_background, self._background = self._background, background
         self.runtime = new
         if self.proxy is not None:
             self.proxy.runtime = new
         self.cfg = cfg
-        if old_plane is not None:
-            await old_plane.stop()
+        if old_background is not None:
+            await old_background.stop()
         old.health.close()
         log.info("reload: now on generation %d", new.generation)
 
@@ -274,42 +273,41 @@ class Worker:
         )
 
 
-class _Plane:
-    """The background tasks of one runtime: active checks, load polls, latency learning."""
+class BackgroundTasks:
+    """The background tasks of one runtime, on one periodic runner (``gslb.periodic``).
+
+    Active probes, load scrapes, the health policy's tick and service-time learning. A reload
+    starts the new runtime's set before it stops the old one's.
+    """
 
     def __init__(self, worker: Worker, rt: Runtime) -> None:
         assert worker.session is not None
         self.rt = rt
-        self.checker = ActiveChecker(
-            rt.fleet, rt.health, worker.session, clock=worker.clock, rnd=worker.rnd
+        self.runner = PeriodicRunner(
+            rt.fleet,
+            rt.health,
+            HttpProber(worker.session, rt.upstream_ssl, clock=worker.clock),
+            HttpScraper(worker.session, rt.upstream_ssl),
+            clock=worker.clock,
+            rnd=worker.rnd,
         )
-        self.poller = LoadPoller(rt.fleet, worker.session, clock=worker.clock, rnd=worker.rnd)
-        self._learn: asyncio.Task[None] | None = None
+        self.runner.every("learn", LEARN_INTERVAL_S, self._learn_service_times)
 
     async def start(self, initial: bool) -> None:
         if initial:  # ready only once the first health round is in
-            await self.checker.run_round(initial=True)
-        self.checker.start()
-        self.poller.start()
-        self._learn = asyncio.create_task(self._learn_service_times(), name="learn")
+            await self.runner.run_round(initial=True)
+        self.runner.start()
 
     async def stop(self) -> None:
-        if self._learn is not None:
-            self._learn.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._learn
-        await self.checker.stop()
-        await self.poller.stop()
+        await self.runner.stop()
 
-    async def _learn_service_times(self) -> None:
+    def _learn_service_times(self) -> None:
         """Correct each region's modeled service time from observed durations (docs/health.md)."""
         rt = self.rt
-        while True:
-            await asyncio.sleep(LEARN_INTERVAL_S)
-            for i in range(len(rt.fleet.regions)):
-                observed = rt.health.service_ms_correction(i)
-                if observed is not None:
-                    rt.router.set_service_ms(i, observed)
+        for i in range(len(rt.fleet.regions)):
+            observed = rt.health.service_ms_correction(i)
+            if observed is not None:
+                rt.router.set_service_ms(i, observed)
 
 
 def listener_tls(cfg: Config) -> ssl.SSLContext | None:

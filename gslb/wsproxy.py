@@ -10,10 +10,11 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gslb.fleet import Outcome
+from gslb.fleet import EndpointState
+from gslb.forward import Exchange, Failure, Step
 
 if TYPE_CHECKING:
-    from gslb.proxy import Proxy, _Attempt
+    from gslb.proxy import Proxy, _Tally
     from gslb.runtime import Runtime
 
 log = logging.getLogger("gslb.ws")
@@ -37,11 +38,10 @@ async def relay_websocket(
     request: web.Request,
     rt: Runtime,
     order: tuple[int, ...],
-    st: _Attempt,
+    st: _Tally,
     upstream_headers: CIMultiDict[str],
 ) -> web.StreamResponse:
-    from gslb.proxy import GslbError
-
+    """Route a WebSocket handshake through the proxy's candidate loop, then relay."""
     protocols = [
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     ]
@@ -49,12 +49,13 @@ async def relay_websocket(
         (k, v) for k, v in upstream_headers.items() if k.lower() not in _HANDSHAKE
     )
     idle_s = rt.cfg.proxy.idle_timeout_s
-    for region_index in order[: rt.cfg.routing.max_attempts]:
-        ep = rt.fleet.pick(region_index, proxy.clock())
-        if ep is None:
-            continue
-        st.attempts += 1
-        st.region = rt.fleet.regions[region_index].name
+    # Nothing of a handshake's body is ever sent: it can always go to the next candidate.
+    ex = Exchange(order, rt.cfg.routing.max_attempts, replayable=True)
+    client = web.WebSocketResponse()
+
+    async def attempt(ep: EndpointState) -> Step:
+        nonlocal client
+        can_pick = proxy.can_pick_for(rt)
         url = ep.url.replace("http", "ws", 1) + request.raw_path
         try:
             upstream = await proxy.session.ws_connect(
@@ -65,17 +66,11 @@ async def relay_websocket(
                 autoping=True,
                 ssl=rt.upstream_ssl[ep.region],
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            proxy._report(rt, ep, Outcome.CONNECT_ERROR)
-            log.info(
-                "request %s: websocket upstream %s failed: %s",
-                st.request_id,
-                ep.url,
-                type(exc).__name__,
-            )
-            continue
+        except (aiohttp.ClientError, TimeoutError):
+            return ex.failed(Failure.CONNECT_ERROR, can_pick)
         rt.fleet.acquire(ep)
         try:
+            ex.head(101, False, can_pick)  # the upgrade is the commit: no retry after it
             client = web.WebSocketResponse(
                 protocols=[upstream.protocol] if upstream.protocol else ()
             )
@@ -83,12 +78,13 @@ async def relay_websocket(
             st.status = 101
             if await _pump_both(client, upstream, idle_s):
                 log.info("request %s: websocket idle for %.0fs; closed", st.request_id, idle_s)
-            proxy._report(rt, ep, Outcome.SUCCESS)
-            return client
+            return ex.finished()
         finally:
             rt.fleet.release(ep)
             await upstream.close()
-    raise GslbError(502, "upstream_unavailable", "no upstream accepted the websocket")
+
+    await proxy.drive(rt, ex, st, attempt)
+    return client
 
 
 class _Idle:

@@ -6,22 +6,20 @@ the cities come from ``tests/mmdb_fixtures.py`` (``WORLD``).
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from gslb.admin import Admin
 from gslb.config import Config, parse_toml
 from gslb.control import LocalControl
 from gslb.fakeregion import FakeRegion, FakeRegionOptions
+from gslb.fakestress import GZIP_BODY
 from gslb.geoip import GeoIP
 from gslb.observe import RequestRecord
 from gslb.server import Worker
@@ -38,7 +36,7 @@ PARIS = "1.0.6.10"
 SINGAPORE = "1.0.8.10"
 SAO_PAULO = "1.0.10.10"
 NOWHERE = "1.0.99.1"
-GZIPPED = gzip.compress(b"compressed by the upstream " * 50, mtime=0)
+GZIPPED = GZIP_BODY  # what a region's /gzip serves
 
 
 class Recorder:
@@ -59,93 +57,14 @@ class Recorder:
         self.denials.append((cause, rules))
 
 
-class Upstream:
-    """A scriptable upstream for behaviours the fake region does not offer.
-
-    ``mode`` picks the behaviour for ``/`` paths: "ok", "503", "hang", "abort-after-first".
-    ``hits`` counts requests; ``sent`` counts body bytes written by ``/pump``.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.mode = "ok"
-        self.hits = 0
-        self.sent = 0
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.last_headers: list[tuple[str, str]] = []
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/ws", self._ws)
-        app.router.add_get("/pump", self._pump)
-        app.router.add_get("/gzip", self._gzip)
-        app.router.add_route("*", "/{tail:.*}", self._any)
-        self.runner, self.url = await serve_app(app, handler_cancellation=True)
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _any(self, request: web.Request) -> web.StreamResponse:
-        self.hits += 1
-        self.last_headers = list(request.headers.items())
-        await request.read()
-        if self.mode == "503":
-            return web.json_response({"busy": self.name}, status=503, headers={"Retry-After": "7"})
-        if self.mode == "hang":
-            await asyncio.Event().wait()
-        resp = web.StreamResponse(headers={"X-Upstream": self.name})
-        await resp.prepare(request)
-        await resp.write(b"first;")
-        if self.mode == "abort-after-first":
-            await asyncio.sleep(0.05)
-            assert request.transport is not None
-            request.transport.abort()
-            return resp
-        await resp.write(f"served-by={self.name}".encode())
-        await resp.write_eof()
-        return resp
-
-    async def _pump(self, request: web.Request) -> web.StreamResponse:
-        """Stream up to ``bytes`` bytes as fast as the proxy takes them, counting."""
-        total = int(request.query.get("bytes", "0"))
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        chunk = b"x" * 65536
-        while self.sent < total:
-            await resp.write(chunk)
-            self.sent += len(chunk)
-        await resp.write_eof()
-        return resp
-
-    async def _gzip(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
-        )
-
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        self.last_headers = list(request.headers.items())
-        ws = web.WebSocketResponse(protocols=("chat",))
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await ws.send_str(f"{self.name}:{msg.data}")
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await ws.send_bytes(msg.data[::-1])
-        return ws
-
-
 @dataclass
 class Stack:
     worker: Worker
     cfg: Config
     fakes: dict[str, FakeRegion]
-    upstreams: dict[str, Upstream]
+    # The regions named in ``scripted``, also in ``fakes``: a test sets ``.mode`` and reads
+    # ``.hits``, ``.last_headers`` and ``.sent`` (see gslb.fakestress).
+    upstreams: dict[str, FakeRegion]
     client: aiohttp.ClientSession
     recorder: Recorder
     tmp: Path
@@ -185,31 +104,31 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """Start every region of ``regions`` (default: the shared test fleet) and a gslb worker.
 
-    Regions named in ``scripted`` get an ``Upstream`` instead of a ``FakeRegion``.
-    ``endpoints`` gives a region more than one fake endpoint.
+    Regions named in ``scripted`` get one endpoint that also answers unknown paths
+    (``catch_all``), listed in ``Stack.upstreams`` too. ``endpoints`` gives any other region
+    more than one fake endpoint.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     mmdb = tmp / "world.mmdb"
     write_world_mmdb(str(mmdb))
     fakes: dict[str, FakeRegion] = {}
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[str, FakeRegion] = {}
     urls: dict[str, list[str]] = {}
     for spec in regions or REGIONS:
         name = spec[0]
-        if name in scripted:
-            up = Upstream(name)
-            await up.start()
-            upstreams[name] = up
-            urls[name] = [up.url]
-            continue
         urls[name] = []
-        for j in range(max(1, (endpoints or {}).get(name, 1))):
+        count = 1 if name in scripted else max(1, (endpoints or {}).get(name, 1))
+        for j in range(count):
             opts = (fake_options or {}).get(name) or FakeRegionOptions(name=name)
+            if name in scripted:
+                opts = replace(opts, catch_all=True)
             key = name if j == 0 else f"{name}#{j}"
             fake = FakeRegion(opts)
             await fake.start()
             fakes[key] = fake
             urls[name].append(fake.url)
+        if name in scripted:
+            upstreams[name] = fakes[name]
     header = f"""
 [log]
 access = "{access_log}"
@@ -249,5 +168,3 @@ access = "{access_log}"
         await worker.stop()
         for fake in fakes.values():
             await fake.stop()
-        for up in upstreams.values():
-            await up.stop()

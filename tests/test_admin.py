@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gslb.fakeregion import FakeRegionOptions
+from tests.fakes import report_load
 from tests.harness import FRANKFURT, NEW_YORK, TORONTO, Stack, stack
 
 CHAT = {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -71,7 +72,7 @@ async def test_status_and_explain_reflect_live_state(tmp_path: Path) -> None:
         assert "ca-central" in names
         ca = doc["regions"][names.index("ca-central")]
         assert ca["location"] == [45.5, -73.57] and ca["endpoints"][0]["state"] == "up"
-        s.worker.runtime.fleet.snapshot.set("ca-central", load=100)
+        report_load(s.worker, s.fakes["ca-central"].url, 100.0)  # a deep queue at the server
         code, doc = await admin(s, "GET", f"/explain?ip={TORONTO}&budget_ms=50", token=None)
         assert code == 200
         assert (doc["region"], doc["reason"]) == ("ca-central", "local-queued")

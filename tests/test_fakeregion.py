@@ -1,8 +1,14 @@
-"""Tests for gslb.fakeregion: real servers on 127.0.0.1, real aiohttp / openai clients."""
+"""Tests for gslb.fakeregion and its parts (gslb.fakesched, gslb.fakestress).
+
+Real servers on 127.0.0.1 and real aiohttp / openai clients; the engine's timing and bodies
+also without sockets.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import gzip
 import hashlib
 import json
 import os
@@ -18,7 +24,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gslb.fakeregion import FakeRegion, FakeRegionOptions
+from gslb.fakeregion import FakeRegion, FakeRegionOptions, add_arguments, options_from_args
+from gslb.fakesched import Engine, FakeRegionStats
+from gslb.fakestress import GZIP_BODY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Every client call is bounded, so a regression hangs one test for seconds, not the suite.
@@ -523,6 +531,149 @@ async def test_abort_mid_stream(make_region: Factory, session: aiohttp.ClientSes
             await resp.read()
 
 
+async def test_pump_writes_whole_chunks_and_counts_them(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region()
+    async with session.get(f"{region.url}/pump?bytes=200000") as resp:
+        data = await resp.read()
+    # Rounded up to whole 64 KiB chunks: four of them.
+    assert data == b"x" * (4 * 65536)
+    assert region.sent == 4 * 65536
+    async with session.get(f"{region.url}/pump?bytes=lots") as resp:
+        assert resp.status == 400
+    assert region.sent == 4 * 65536
+
+
+async def test_gzip_is_served_compressed(make_region: Factory) -> None:
+    region = await make_region()
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False) as raw,
+        raw.get(f"{region.url}/gzip") as resp,
+    ):
+        assert resp.headers["Content-Encoding"] == "gzip"
+        body = await resp.read()
+    assert body == GZIP_BODY
+    assert gzip.decompress(body).startswith(b"compressed by the upstream")
+
+
+async def test_websocket_echoes_with_the_region_name(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(name="ws-region")
+    async with session.ws_connect(
+        f"{region.url}/ws", protocols=("chat",), headers={"X-Probe": "ws"}
+    ) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "ws-region:hello"
+        await ws.send_bytes(b"abc")
+        assert await ws.receive_bytes() == b"cba"
+    assert ("X-Probe", "ws") in region.last_headers  # the handshake is recorded too
+
+
+# ---- scripted mode ----------------------------------------------------------------------------
+
+
+async def test_catch_all_is_opt_in_and_known_routes_win(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    plain = await make_region(name="plain")
+    async with session.get(f"{plain.url}/v1/anything") as resp:
+        assert resp.status == 404
+    anyhttp = await make_region(name="any", catch_all=True)
+    async with session.post(f"{anyhttp.url}/v1/anything", data=b"body") as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Upstream"] == "any"
+        assert await resp.read() == b"first;served-by=any"
+    async with session.get(f"{anyhttp.url}/echo") as resp:
+        assert (await resp.json())["region"] == "any"
+
+
+async def test_scripted_modes_override_every_data_plane_request(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(name="scripted", catch_all=True)
+    region.mode = "503"
+    for method, path in (("GET", "/x"), ("GET", "/v1/models"), ("POST", "/v1/completions")):
+        async with session.request(method, f"{region.url}{path}", json={"prompt": "p"}) as r:
+            assert r.status == 503, path
+            assert r.headers["Retry-After"] == "7"
+            assert await r.json() == {"busy": "scripted"}
+    assert region.stats.completions_total == 0  # the engine never saw the completion
+    # Probes and scrapes are not scripted: a 503 mode is about what a proxy forwards.
+    async with session.get(f"{region.url}/health") as r:
+        assert r.status == 200
+    async with session.get(f"{region.url}/metrics") as r:
+        assert r.status == 200
+
+    region.mode = "ok"
+    async with session.get(f"{region.url}/x") as r:
+        assert r.status == 200
+
+
+async def test_hang_mode_never_answers(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(catch_all=True, mode="hang")
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(session.get(f"{region.url}/x"), 0.2)
+    await wait_until(lambda: region.stats.requests_total == 1)
+    region.mode = "ok"
+    async with session.get(f"{region.url}/x") as resp:
+        assert resp.status == 200
+
+
+async def test_abort_after_first_mode_resets_after_one_chunk(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(name="cut", catch_all=True, mode="abort-after-first")
+    async with session.get(f"{region.url}/v1/models") as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Upstream"] == "cut"
+        assert await resp.content.readexactly(6) == b"first;"
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+            await resp.read()
+
+
+async def test_mode_is_checked_and_switchable_over_control(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(catch_all=True)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        region.mode = "sometimes"
+    assert region.mode == "ok"
+    with pytest.raises(ValueError):
+        FakeRegion(FakeRegionOptions(mode="sometimes"))
+    async with session.post(f"{region.url}/control", json={"mode": "503"}) as resp:
+        assert (await resp.json())["mode"] == "503"
+    async with session.get(f"{region.url}/x") as resp:
+        assert resp.status == 503
+    async with session.post(f"{region.url}/control", json={"mode": "later"}) as resp:
+        assert resp.status == 400
+        assert "mode must be one of" in (await resp.json())["error"]["message"]
+    assert region.mode == "503"
+
+
+async def test_hits_and_last_headers_record_only_data_plane_requests(
+    make_region: Factory, session: aiohttp.ClientSession
+) -> None:
+    region = await make_region(catch_all=True)
+    async with session.get(f"{region.url}/health", headers={"X-Probe": "health"}):
+        pass
+    async with session.get(f"{region.url}/metrics"):
+        pass
+    async with session.post(f"{region.url}/control", json={}):
+        pass
+    assert region.hits == 0 and region.last_headers == []
+    assert region.stats.requests_total == 3
+    for i in range(2):
+        async with session.get(f"{region.url}/x", headers={"X-Probe": str(i)}):
+            pass
+    assert region.hits == 2
+    assert ("X-Probe", "1") in region.last_headers
+
+
 # ---- clients and CLI ------------------------------------------------------------------------
 
 
@@ -584,3 +735,93 @@ async def test_cli_serves_until_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_cli_options_carry_mode_and_catch_all() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    opts = options_from_args(parser.parse_args(["--mode=hang", "--catch-all", "--name=n"]))
+    assert (opts.mode, opts.catch_all, opts.name) == ("hang", True, "n")
+    assert options_from_args(parser.parse_args([])) == FakeRegionOptions()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--mode=sometimes"])  # argparse's usage error
+    assert exc.value.code == 2
+
+
+# ---- the engine, without sockets --------------------------------------------------------------
+
+
+def _engine(**kw: Any) -> Engine:
+    spec: dict[str, Any] = {
+        "name": "e",
+        "model": "m",
+        "slots": 1,
+        "max_queue": 0,
+        "prefill_ms_per_1k_chars": 20.0,
+        "base_prefill_ms": 5.0,
+        "tokens_per_s": 100.0,
+        "max_tokens_default": 16,
+        "stats": FakeRegionStats(),
+    }
+    return Engine(**(spec | kw))
+
+
+@pytest.mark.parametrize(
+    ("chars", "max_tokens", "usage", "prefill_s"),
+    [
+        (0, 1, False, 0.005),
+        (1000, 3, True, 0.025),
+        (4000, 2, False, 0.085),
+    ],
+)
+def test_stream_frames_are_paced_from_prefill(
+    chars: int, max_tokens: int, usage: bool, prefill_s: float
+) -> None:
+    engine = _engine()
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "x" * chars}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    if usage:
+        body["stream_options"] = {"include_usage": True}
+    req = engine.parse(json.dumps(body).encode(), "chat")
+    assert engine.prefill_s(req) == pytest.approx(prefill_s)
+    assert engine.whole_s(req) == pytest.approx(prefill_s + max_tokens / 100)
+    frames = list(engine.stream_frames(req, seq=7))
+    tokens = frames[:max_tokens]
+    assert [f.due_s for f in tokens] == pytest.approx(
+        [prefill_s + (i + 1) / 100 for i in range(max_tokens)]
+    )
+    assert [f.tokens for f in frames] == [1] * max_tokens + [0] * (len(frames) - max_tokens)
+    # After the last token, at once: usage when asked for, then [DONE].
+    tail = frames[max_tokens:]
+    assert len(tail) == (2 if usage else 1)
+    assert all(f.due_s == tokens[-1].due_s for f in tail)
+    assert tail[-1].data == b"data: [DONE]\n\n"
+    first = json.loads(tokens[0].data.removeprefix(b"data: "))
+    assert first["id"] == "chatcmpl-e-7" and first["model"] == "m"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "e:tok0 "}
+    if usage:
+        doc = json.loads(tail[0].data.removeprefix(b"data: "))
+        assert doc["usage"]["completion_tokens"] == max_tokens
+        assert doc["usage"]["prompt_tokens"] == req.prompt_tokens == max(1, chars // 4)
+
+
+def test_whole_body_and_metrics_text() -> None:
+    stats = FakeRegionStats(active=1, queued=3, prompt_tokens_total=5)
+    engine = _engine(slots=4, stats=stats)
+    req = engine.parse(b'{"prompt": "abcdefgh", "max_tokens": 2}', "text")
+    body = engine.whole_body(req, seq=1)
+    assert body["object"] == "text_completion" and body["id"] == "cmpl-e-1"
+    assert body["choices"][0]["text"] == "e:tok0 tok1 "
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(engine.metrics_text().decode())
+        for s in family.samples
+    }
+    assert values["vllm:num_requests_running"] == 1
+    assert values["vllm:num_requests_waiting"] == 3
+    assert values["vllm:kv_cache_usage_perc"] == 0.25
+    assert values["vllm:prompt_tokens_total"] == 5

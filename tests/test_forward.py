@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gslb.fleet import Outcome
 from gslb.forward import (
     RETRY_REASONS,
     Act,
@@ -20,6 +19,7 @@ from gslb.forward import (
     Phase,
     status_outcome,
 )
+from gslb.healthevents import Outcome
 
 # (event, args) -> (act, outcome, error code, region tried after the step)
 Event = tuple[str, tuple[object, ...]]

@@ -61,7 +61,7 @@ def test_ipv4_lookup_every_city(geo: GeoIP, city: str) -> None:
 def test_ipv6_lookup(geo: GeoIP, city: str) -> None:
     loc = geo.lookup(ip(SAMPLE_IP6[city]))
     assert loc == expected_location(city)
-    assert loc is not None and loc.has_point
+    assert loc is not None and loc.point is not None
 
 
 def test_ipv4_mapped_ipv6_is_looked_up_as_ipv4(geo: GeoIP) -> None:
@@ -180,7 +180,7 @@ def test_record_shapes(tmp_path: Path) -> None:
     assert g.lookup(ip("1.0.25.1")) is None
     loc = g.lookup(ip("1.0.26.1"))
     assert loc == Location("GH", None, 0.0, 0.0)
-    assert loc is not None and isinstance(loc.lat, float) and loc.has_point
+    assert loc is not None and isinstance(loc.lat, float) and loc.point == (0.0, 0.0)
     assert g.lookup(ip("1.0.27.1")) is None
     assert g.stats["found"] == 5
     assert g.stats["not_found"] == 3
@@ -522,7 +522,7 @@ def test_bundled_database(caplog: pytest.LogCaptureFixture) -> None:
 
         loc = g.lookup(ip("24.114.0.1"))
         assert loc is not None and loc.country == "CA" and loc.continent == "NA"
-        assert loc.has_point
+        assert loc.point is not None
         v6 = g.lookup(ip("2001:4860::1"))
         assert v6 is not None and v6.country == "US"
         assert g.lookup(ip("10.0.0.1")) is None

@@ -1,23 +1,23 @@
-"""Health: the pure policy under an injected clock, and the active checker against real servers."""
+"""Health policy: each pure part table-driven, and the facade, under an injected clock.
+
+No sockets and no clock reads: every event carries its time. The runner that feeds the policy
+(probes, scrapes, the tick) is tested in ``test_periodic.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
-import socket
-import time
-from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
-from aiohttp import web
 
+from gslb.activehealth import ActiveHealth, Transition
 from gslb.config import Config, parse_toml
-from gslb.fleet import EndpointState, FleetState, Outcome
+from gslb.cordons import NodeCordons
+from gslb.fleet import EndpointState, FleetState
 from gslb.geo import Location
-from gslb.health import (
+from gslb.healthevents import (
+    CORDON_SKIPPED,
     CORDONED,
     DOWN,
     EJECTED,
@@ -25,14 +25,16 @@ from gslb.health import (
     REGION_ROUTABLE,
     REGION_UNROUTABLE,
     UP,
-    ActiveChecker,
     HealthEvent,
-    HealthPolicy,
+    Outcome,
 )
+from gslb.healthpolicy import HealthPolicy, report_went_stale
+from gslb.holddown import HoldDown
+from gslb.latencylearn import MIN_SERVICE_MS, Ewma, LatencyLearner
+from gslb.outlier import OutlierDetector, Verdict
 from gslb.policy import RequestFacts
 from gslb.router import Router
 from tests.fleet import REGIONS
-from tests.loopback import eventually, serve_app
 
 NEW_YORK = Location("US", "NA", 40.71, -74.01)
 FAIL = Outcome.HTTP_5XX
@@ -540,8 +542,7 @@ def test_status_is_json_ready() -> None:
     h = Harness(make_config({"us-east": eps("10.0.0", ["n1", "n1", "n2"])}))
     a = h.ep("us-east", 0)
     h.fail(a, 3, 1.0)
-    a.reported_load = 4.0
-    a.reported_at = 1.0
+    h.policy.on_load_report(a, 4.0, 1.0)
     h.policy.on_ttfb(0, 0.05)
     doc = h.policy.status(2.0)
     json.dumps(doc)
@@ -570,161 +571,404 @@ def test_a_failing_event_callback_does_not_break_health(
             policy.on_outcome(ep, FAIL, 1.0)
     assert ep.ejected(1.0)
     assert any("callback failed" in r.getMessage() for r in caplog.records)
-    policy.close()
-    assert policy._on_region_change not in fleet.on_region_change
+
+
+def test_a_closed_policy_no_longer_hears_the_fleet() -> None:
+    # A reload builds a new fleet and policy and closes the old policy: region flips of the
+    # fleet must reach only the policies still open.
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"]), "us-west": eps("x", ["w"])}))
+    closed: list[HealthEvent] = []
+    old = HealthPolicy(fleet, on_event=closed.append)
+    old.close()
+    old.close()  # twice is harmless
+    heard: list[HealthEvent] = []
+    live = HealthPolicy(fleet, on_event=heard.append)
+    ep = fleet.regions[0].endpoints[0]
+    for _ in range(3):
+        live.on_probe(ep, False, None, 1.0)
+    assert [e.kind for e in heard] == [DOWN, REGION_UNROUTABLE]
+    assert closed == []
 
 
 # --------------------------------------------------------------------------------------------
-# ActiveChecker against real servers
+# each part on its own, table-driven: (time, input) in, verdict and endpoint fields out
+
+OK, F, SAT, CAN = Outcome.SUCCESS, Outcome.HTTP_5XX, Outcome.SATURATED, Outcome.CANCELLED
+NOTHING, SATURATED, EJECT = Verdict.NOTHING, Verdict.SATURATED, Verdict.EJECTED
+
+# (now, endpoint index, outcome, verdict expected)
+Step = tuple[float, int, Outcome, Verdict]
 
 
-class Upstream:
-    """A tiny server whose /health status can be flipped, or made to hang."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.hang = False
-        self.hits = 0
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _health(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        if self.hang:
-            await self._release.wait()
-        return web.Response(status=self.status, text="ok")
-
-    async def start(self) -> Upstream:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        self._runner, self.url = await serve_app(app, shutdown_timeout=0.1)
-        return self
-
-    async def stop(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
+def steps(now: float, i: int, outcome: Outcome, n: int, last: Verdict = NOTHING) -> list[Step]:
+    """``n`` outcomes at ``now``; every verdict NOTHING but the last, which is ``last``."""
+    return [(now, i, outcome, NOTHING)] * (n - 1) + [(now, i, outcome, last)]
 
 
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+# name: (steps, {endpoint index: (consecutive_failures, ejections, ejected_until,
+#                                 saturated_until)}, ejections refused)
+OUTLIER_CASES: dict[str, tuple[list[Step], dict[int, tuple[int, int, float, float]], int]] = {
+    "threshold ejects": (steps(1.0, 0, F, 3, EJECT), {0: (0, 1, 11.0, 0.0)}, 0),
+    "success resets the count": (
+        [*steps(1.0, 0, F, 2), (1.0, 0, OK, NOTHING), *steps(1.0, 0, F, 2)],
+        {0: (2, 0, 0.0, 0.0)},
+        0,
+    ),
+    "cancelled says nothing": (
+        [*steps(1.0, 0, F, 2), *steps(1.0, 0, CAN, 5)],
+        {0: (2, 0, 0.0, 0.0)},
+        0,
+    ),
+    "429 saturates and resets the count": (
+        [*steps(1.0, 0, F, 2), (1.0, 0, SAT, SATURATED), *steps(1.0, 0, F, 2)],
+        {0: (2, 0, 0.0, 6.0)},
+        0,
+    ),
+    "saturation keeps the later deadline": (
+        [(3.0, 0, SAT, SATURATED), (2.0, 0, SAT, SATURATED)],
+        {0: (0, 0, 0.0, 8.0)},
+        0,
+    ),
+    "failures while ejected count but never extend": (
+        [*steps(0.0, 0, F, 3, EJECT), *steps(5.0, 0, F, 10)],
+        {0: (10, 1, 10.0, 0.0)},
+        0,
+    ),
+    "ejection time grows and is capped": (
+        [*steps(0.0, 0, F, 3, EJECT), *steps(11.0, 0, F, 3, EJECT), *steps(32.0, 0, F, 3, EJECT)],
+        {0: (0, 3, 57.0, 0.0)},
+        0,
+    ),
+    "the multiplier decays after a healthy max_ejection_s": (
+        [*steps(0.0, 0, F, 3, EJECT), *steps(11.0, 0, F, 3, EJECT), *steps(56.0, 0, F, 3, EJECT)],
+        {0: (0, 1, 66.0, 0.0)},
+        0,
+    ),
+    "max_ejection_percent refuses the third of four": (
+        [*steps(1.0, 0, F, 3, EJECT), *steps(1.0, 1, F, 3, EJECT), *steps(1.0, 2, F, 3)],
+        {0: (0, 1, 11.0, 0.0), 1: (0, 1, 11.0, 0.0), 2: (3, 0, 0.0, 0.0)},
+        1,
+    ),
+    "a readmission makes room for the next ejection": (
+        [
+            *steps(1.0, 0, F, 3, EJECT),
+            *steps(1.0, 1, F, 3, EJECT),
+            *steps(1.0, 2, F, 3),
+            (11.0, 2, F, EJECT),
+        ],
+        {2: (0, 1, 21.0, 0.0)},
+        1,
+    ),
+}
 
 
-FAST = """
-[health]
-interval_s = 0.05
-timeout_s = 0.5
-jitter = 0.2
-rise = 2
-fall = 3
-base_ejection_s = 0.2
-max_ejection_s = 1
-max_ejection_percent = 100
-cordon_s = 100
-standby_hold_down_s = 0
-"""
+@pytest.mark.parametrize("case", OUTLIER_CASES, ids=str)
+def test_outlier_detector(case: str) -> None:
+    script, want, refused = OUTLIER_CASES[case]
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a", "b", "c", "d"])}))
+    events: list[str] = []
+    detector = OutlierDetector(fleet, logging.getLogger("test"), lambda k, *_: events.append(k))
+    eps_ = fleet.regions[0].endpoints
+    got = [detector.on_outcome(eps_[i], outcome, now) for now, i, outcome, _ in script]
+    assert got == [verdict for *_, verdict in script]
+    for i, fields in want.items():
+        ep = eps_[i]
+        assert (
+            ep.consecutive_failures,
+            ep.ejections,
+            ep.ejected_until,
+            ep.saturated_until,
+        ) == fields, i
+    assert detector.ejections_refused_total["us-east"] == refused
+    assert events.count(EJECTION_REFUSED) == refused
+    assert events.count(EJECTED) == got.count(EJECT) == detector.ejections_total["us-east"]
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await Upstream().start()
-    yield up
-    await up.stop()
+@pytest.mark.parametrize(
+    ("ejected_until", "saturated_until", "last", "now", "lapsed"),
+    [
+        (10.0, 0.0, 9.0, 10.0, True),  # ran out at the tick's instant
+        (10.0, 0.0, 10.0, 11.0, False),  # ran out at the previous tick: already refreshed
+        (10.0, 0.0, 8.0, 9.9, False),  # still running
+        (0.0, 6.0, 5.0, 6.5, True),  # saturation ran out
+        (0.0, 0.0, 0.5, 1.0, False),  # never ejected nor saturated
+        (0.0, 0.0, float("-inf"), 1.0, True),  # the first tick refreshes everything
+    ],
+)
+def test_outlier_lapsed(
+    ejected_until: float, saturated_until: float, last: float, now: float, lapsed: bool
+) -> None:
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"])}))
+    ep = fleet.regions[0].endpoints[0]
+    ep.ejected_until, ep.saturated_until = ejected_until, saturated_until
+    detector = OutlierDetector(fleet, logging.getLogger("test"), lambda *_: None)
+    assert detector.lapsed(ep, last, now) is lapsed
 
 
-def checker_for(
-    urls: list[str], session: aiohttp.ClientSession, health: str = FAST
-) -> tuple[FleetState, HealthPolicy, ActiveChecker]:
-    cfg = make_config({"us-east": [(u, f"n{i}") for i, u in enumerate(urls)]}, health=health)
-    fleet = FleetState(cfg)
+# name: (failed first-round probes, later probe results, transitions expected, up at the end,
+#        failures in a row at the end)
+ACTIVE_CASES: dict[str, tuple[int, list[bool], list[Transition], bool, int]] = {
+    "fall at the third failure in a row": (
+        0,
+        [False, False, False],
+        [Transition.NONE, Transition.NONE, Transition.DOWN],
+        False,
+        3,
+    ),
+    "a success breaks the run": (
+        0,
+        [False, False, True, False, False],
+        [Transition.NONE] * 5,
+        True,
+        2,
+    ),
+    "rise counts successes in a row": (
+        0,
+        [False, False, False, True, False, True, True],
+        [*[Transition.NONE] * 2, Transition.DOWN, *[Transition.NONE] * 3, Transition.UP],
+        True,
+        0,
+    ),
+    "one success is not enough": (
+        0,
+        [False] * 3 + [True],
+        [*[Transition.NONE] * 2, Transition.DOWN, Transition.NONE],
+        False,
+        0,
+    ),
+    "a failed first round is decisive": (1, [], [Transition.DOWN], False, 3),
+    "a failed first round on a down endpoint changes nothing": (
+        2,
+        [],
+        [Transition.DOWN, Transition.NONE],
+        False,
+        4,
+    ),
+    "back up after a failed first round": (
+        1,
+        [True, True],
+        [Transition.DOWN, Transition.NONE, Transition.UP],
+        True,
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", ACTIVE_CASES, ids=str)
+def test_active_health(case: str) -> None:
+    initial, later, want, up, failures = ACTIVE_CASES[case]
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"])}))
+    events: list[str] = []
+    active = ActiveHealth(fleet, logging.getLogger("test"), lambda k, *_: events.append(k))
+    ep = fleet.regions[0].endpoints[0]
+    got = [active.on_initial_failure(ep) for _ in range(initial)]
+    got += [active.on_probe(ep, ok) for ok in later]
+    assert got == want
+    assert (ep.up, ep.probe_failures) == (up, failures)
+    assert events == [t.value for t in got if t is not Transition.NONE]
+
+
+# name: (nodes, endpoints already down, draining source, cordon_s, cordoned expected, skipped)
+CORDON_CASES: dict[str, tuple[list[str], set[int], bool, float, set[int], bool]] = {
+    "siblings on the node": (["n1", "n1", "n2", "n2"], {0}, False, 100.0, {1}, False),
+    "every sibling": (["n1", "n1", "n1", "n2"], {0}, False, 100.0, {1, 2}, False),
+    "no sibling": (["n1", "n2"], {0}, False, 100.0, set(), False),
+    "cordon_s = 0 turns it off": (["n1", "n1", "n2"], {0}, False, 0.0, set(), False),
+    "a draining source predicts nothing": (["n1", "n1", "n2"], {0}, True, 100.0, set(), False),
+    "never the region's last endpoints": (["n1", "n1"], {0}, False, 100.0, set(), True),
+    "siblings already out: nothing to spare": (
+        ["n1", "n1", "n2"],
+        {0, 1, 2},
+        False,
+        100.0,
+        {1},
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORDON_CASES, ids=str)
+def test_node_cordons(case: str) -> None:
+    nodes, down, draining, cordon_s, want, skipped = CORDON_CASES[case]
+    health = HEALTH.replace("cordon_s = 100", f"cordon_s = {cordon_s}")
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", nodes)}, health=health))
+    events: list[tuple[str, str]] = []
+    cordons = NodeCordons(logging.getLogger("test"), lambda k, r, e, _: events.append((k, e.url)))
+    region = fleet.regions[0]
+    for i in down:
+        region.endpoints[i].up = False
+    src = region.endpoints[0]
+    src.draining = draining
+    cordons.cordon_siblings(region, src, "down", 5.0)
+    got = {i for i, e in enumerate(region.endpoints) if e.cordoned(5.0)}
+    assert got == want
+    for i in want:
+        ep = region.endpoints[i]
+        assert ep.cordoned_until == 5.0 + cordon_s
+        assert ep.cordoned_reason == f"sibling {src.url} down"
+    assert cordons.cordons_total["us-east"] == len(want)
+    kinds = [CORDON_SKIPPED] if skipped else [CORDONED] * len(want)
+    assert [k for k, _ in events] == kinds
+
+
+def test_a_cordon_keeps_the_later_deadline_and_lapses_once() -> None:
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["n1", "n1", "n2"])}))
+    cordons = NodeCordons(logging.getLogger("test"), lambda *_: None)
+    region = fleet.regions[0]
+    a, b, _ = region.endpoints
+    cordons.cordon_siblings(region, a, "down", 50.0)  # b until 150
+    cordons.cordon_siblings(region, a, "ejected", 10.0)  # an older event: 110 < 150
+    assert b.cordoned_until == 150.0 and b.cordoned_reason.endswith("ejected")
+    # (last, now] windows of consecutive ticks: the lapse is seen exactly once.
+    assert [
+        cordons.lapsed(b, last, now) for last, now in [(0, 149.9), (149.9, 150), (150, 151)]
+    ] == [
+        False,
+        True,
+        False,
+    ]
+    assert b.cordoned_reason == ""
+
+
+# name: ([(now, draining region, routable)] flips told to the hold-down, observe at the end,
+#        recovered_at expected, events expected)
+HOLD_CASES: dict[str, tuple[list[tuple[float, bool, bool]], bool, float | None, list[str]]] = {
+    "never down: serves at once": ([(5.0, False, True)], False, None, []),
+    "down for health, then back": (
+        [(5.0, False, False), (20.0, False, True)],
+        False,
+        20.0,
+        [REGION_UNROUTABLE, REGION_ROUTABLE],
+    ),
+    "drained, then undrained: no hold-down": (
+        [(5.0, True, False), (20.0, False, True)],
+        False,
+        None,
+        [],
+    ),
+    "drained while down, undrained down: the tick notices": (
+        [(5.0, True, False)],
+        True,
+        30.0,
+        [REGION_ROUTABLE],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", HOLD_CASES, ids=str)
+def test_hold_down(case: str) -> None:
+    flips, observe, recovered_at, want = HOLD_CASES[case]
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"])}))
+    region = fleet.regions[0]
+    events: list[str] = []
+    hold = HoldDown(logging.getLogger("test"), lambda k, *_: events.append(k))
+    for now, draining, routable in flips:
+        region.draining, region.routable = draining, routable
+        hold.on_region_change(region, routable, now)
+    if observe:
+        region.draining, region.routable = False, False
+        hold.observe(region)
+        region.routable = True
+        hold.on_region_change(region, True, 30.0)
+    assert region.recovered_at == recovered_at
+    assert events == want
+
+
+@pytest.mark.parametrize(
+    ("recovered_at", "routable", "last", "now", "lapsed", "remaining"),
+    [
+        (20.0, True, 40.0, 49.9, False, 0.1),  # standby_hold_down_s = 30
+        (20.0, True, 49.9, 50.0, True, 0.0),
+        (20.0, True, 50.0, 60.0, False, 0.0),
+        (20.0, False, 10.0, 25.0, False, 0.0),  # down again: nothing to wait for
+        (None, True, 0.0, 100.0, False, 0.0),
+    ],
+)
+def test_hold_down_deadline(
+    recovered_at: float | None,
+    routable: bool,
+    last: float,
+    now: float,
+    lapsed: bool,
+    remaining: float,
+) -> None:
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"])}))
+    region = fleet.regions[0]
+    region.recovered_at, region.routable = recovered_at, routable
+    assert HoldDown.lapsed(region, last, now) is lapsed
+    assert HoldDown.remaining(region, now) == pytest.approx(remaining)
+
+
+# name: (samples as (what, region, seconds), ttfb, duration, rtt, service correction) for
+# region 0, with alpha 0.5 and min_samples 2 so each figure is easy to check by hand.
+LEARN_CASES: dict[
+    str,
+    tuple[list[tuple[str, int, float]], float | None, float | None, float | None, float | None],
+] = {
+    "no data": ([], None, None, None, None),
+    "the first sample seeds the average": ([("ttfb", 0, 0.1)], 100.0, None, None, None),
+    "then it moves by alpha": ([("ttfb", 0, 0.1), ("ttfb", 0, 0.3)], 200.0, None, None, None),
+    "bogus samples are ignored": (
+        [("ttfb", 0, 0.1), ("ttfb", 0, float("nan")), ("ttfb", 0, -1.0), ("ttfb", 0, float("inf"))],
+        100.0,
+        None,
+        None,
+        None,
+    ),
+    "too few durations to trust": ([("duration", 0, 2.0)], None, 2000.0, None, None),
+    "duration minus probe rtt": (
+        [("rtt", 0, 0.02), ("duration", 0, 2.0), ("duration", 0, 2.0)],
+        None,
+        2000.0,
+        20.0,
+        1980.0,
+    ),
+    "floored at MIN_SERVICE_MS": (
+        [("rtt", 0, 0.5), ("duration", 0, 0.1), ("duration", 0, 0.1)],
+        None,
+        100.0,
+        500.0,
+        MIN_SERVICE_MS,
+    ),
+    "regions apart": ([("duration", 1, 2.0), ("duration", 1, 2.0)], None, None, None, None),
+}
+
+
+@pytest.mark.parametrize("case", LEARN_CASES, ids=str)
+def test_latency_learner(case: str) -> None:
+    samples, ttfb, duration, rtt, service = LEARN_CASES[case]
+    learn = LatencyLearner(2, alpha=0.5, min_samples=2)
+    feed = {"ttfb": learn.on_ttfb, "duration": learn.on_duration, "rtt": learn.on_probe_rtt}
+    for what, region, seconds in samples:
+        feed[what](region, seconds)
+    assert learn.ewma_ttfb_ms(0) == (None if ttfb is None else pytest.approx(ttfb))
+    assert learn.ewma_duration_ms(0) == (None if duration is None else pytest.approx(duration))
+    assert learn.ewma_probe_rtt_ms(0) == (None if rtt is None else pytest.approx(rtt))
+    assert learn.service_ms_correction(0) == (None if service is None else pytest.approx(service))
+
+
+def test_ewma_refuses_a_bad_alpha() -> None:
+    for alpha in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="alpha"):
+            Ewma(alpha)
+    assert Ewma(1.0).alpha == 1.0
+
+
+# name: (report (load, at) or None, last tick, now, stale in (last, now]); max_age_s = 3
+STALE_CASES: dict[str, tuple[tuple[float, float] | None, float, float, bool]] = {
+    "fresh at exactly max_age": ((18.0, 100.0), 102.0, 103.0, False),
+    "stale just after": ((18.0, 100.0), 103.0, 103.25, True),
+    "went stale before the last tick": ((18.0, 100.0), 104.0, 105.0, False),
+    "no report": (None, 0.0, 1000.0, False),
+}
+
+
+@pytest.mark.parametrize("case", STALE_CASES, ids=str)
+def test_report_went_stale(case: str) -> None:
+    report, last, now, stale = STALE_CASES[case]
+    fleet = FleetState(make_config({"us-east": eps("10.0.0", ["a"])}))
     policy = HealthPolicy(fleet)
-    return fleet, policy, ActiveChecker(fleet, policy, session, rnd=random.Random(7))
-
-
-async def test_checker_marks_down_after_fall_and_up_after_rise(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
-    fleet, policy, checker = checker_for([upstream.url], session)
     ep = fleet.regions[0].endpoints[0]
-    # The counts at each flip, recorded when it happens (a loaded machine may probe again
-    # before the test looks).
-    flips: list[tuple[str, int, int]] = []
-    policy.on_event = lambda e: flips.append((e.kind, ep.probe_failures, ep.probe_successes))
-    checker.start()
-    try:
-        await eventually(lambda: ep.probe_successes >= 2)
-        assert ep.up
-        assert policy.ewma_probe_rtt_ms(0) is not None
-        upstream.status = 503
-        await eventually(lambda: not ep.up)
-        upstream.status = 200
-        await eventually(lambda: ep.up)
-    finally:
-        await checker.stop()
-    hits = upstream.hits
-    await asyncio.sleep(0.15)
-    assert upstream.hits == hits  # stopped means stopped
-    # Down exactly at the fall-th failure, up exactly at the rise-th success.
-    assert [f for f in flips if f[0] in (DOWN, UP)] == [(DOWN, 3, 0), (UP, 0, 2)]
-
-
-async def test_a_hanging_health_endpoint_fails_by_timeout(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
-    fleet, _policy, checker = checker_for(
-        [upstream.url], session, FAST.replace("timeout_s = 0.5", "timeout_s = 0.05")
-    )
-    ep = fleet.regions[0].endpoints[0]
-    upstream.hang = True
-    started = time.monotonic()
-    assert await checker.probe_once(ep) is False
-    assert time.monotonic() - started < 1.0
-    assert ep.probe_failures == 1
-    checker.start()
-    try:
-        await eventually(lambda: not ep.up)
-    finally:
-        await checker.stop()
-
-
-async def test_probe_once_expected_status_and_unreachable(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
-    health = FAST.replace("[health]", "[health]\nexpected_status = [200, 204]")
-    fleet, _policy, checker = checker_for([upstream.url, closed_port_url()], session, health)
-    good, dead = fleet.regions[0].endpoints
-    upstream.status = 204
-    assert await checker.probe_once(good) is True
-    upstream.status = 500
-    assert await checker.probe_once(good) is False
-    assert await checker.probe_once(dead) is False
-
-
-async def test_first_round_marks_dead_endpoints_down_at_once(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
-    fleet, _policy, checker = checker_for([upstream.url, closed_port_url()], session)
-    good, dead = fleet.regions[0].endpoints
-    await checker.run_round(initial=True)
-    assert good.up and not dead.up
-    assert fleet.snapshot.routable[0] == 1
-
-
-async def test_checker_ticker_readmits_ejected_endpoints(
-    upstream: Upstream, session: aiohttp.ClientSession
-) -> None:
-    fleet, policy, checker = checker_for([upstream.url, closed_port_url()], session)
-    checker.tick_interval_s = 0.02
-    good = fleet.regions[0].endpoints[0]
-    for _ in range(5):
-        policy.on_outcome(good, FAIL, checker.clock())
-    assert good.ejected(checker.clock())
-    checker.start()
-    try:
-        await eventually(lambda: good.state_name(checker.clock()) == "up")
-    finally:
-        await checker.stop()
+    if report is not None:
+        policy.on_load_report(ep, *report)
+    assert report_went_stale(ep, 3.0, last, now) is stale

@@ -1,7 +1,12 @@
-"""Load reports: parsers on realistic pages, and the poller against a real server."""
+"""Load reports: parsers on realistic pages, the region load they become, and the scrapes.
+
+Scrapes run on the periodic runner: with a scripted ``FakeScraper`` for its rules (what is
+logged, what is kept), and with the aiohttp ``HttpScraper`` against a real server.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,9 +18,8 @@ from aiohttp import web
 from gslb.config import Config
 from gslb.fleet import FleetState
 from gslb.geo import Location
-from gslb.health import HealthPolicy
+from gslb.healthpolicy import HealthPolicy
 from gslb.loadreport import (
-    LoadPoller,
     LoadReport,
     LoadReportError,
     parse,
@@ -24,8 +28,10 @@ from gslb.loadreport import (
     parse_tgi,
     parse_vllm,
 )
+from gslb.periodic import HttpScraper, PeriodicRunner
 from gslb.policy import RequestFacts
 from gslb.router import Router
+from tests.fakes import FakeProber, FakeScraper
 from tests.fleet import fleet_config
 from tests.loopback import eventually, serve_app
 
@@ -205,20 +211,19 @@ def load_config(**regions: str) -> Config:
 
 def test_stale_reports_are_ignored_by_region_load() -> None:
     fleet = FleetState(load_config(**{"us-east": "http://10.9.9.9:8000"}))
+    policy = HealthPolicy(fleet)
     region = fleet.regions[0]
     ep = region.endpoints[0]
     fleet.acquire(ep)
     fleet.acquire(ep)
-    ep.reported_load, ep.reported_at = 18.0, 100.0
-    fleet.refresh_region(region, 100.0)
+    policy.on_load_report(ep, 18.0, 100.0)
     assert fleet.snapshot.load[0] == 18.0
     fleet.refresh_region(region, 103.0)  # exactly max_age old: still fresh
     assert fleet.snapshot.load[0] == 18.0
     fleet.refresh_region(region, 103.01)
     assert fleet.snapshot.load[0] == 2.0  # local in-flight counts alone
     # A report below the local count never hides this edge's own requests.
-    ep.reported_load, ep.reported_at = 1.0, 104.0
-    fleet.refresh_region(region, 104.0)
+    policy.on_load_report(ep, 1.0, 104.0)
     assert fleet.snapshot.load[0] == 2.0
 
 
@@ -227,8 +232,7 @@ def test_tick_retires_stale_reports_on_time() -> None:
     policy = HealthPolicy(fleet)
     policy.tick(99.0)
     ep = fleet.regions[0].endpoints[0]
-    ep.reported_load, ep.reported_at = 18.0, 100.0
-    fleet.refresh_region(fleet.regions[0], 100.0)
+    policy.on_load_report(ep, 18.0, 100.0)
     policy.tick(103.0)
     assert fleet.snapshot.load[0] == 18.0
     policy.tick(103.25)
@@ -236,14 +240,105 @@ def test_tick_retires_stale_reports_on_time() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# the poller against real servers
+# scrapes on the runner, scripted
+
+
+def scripted(**regions: str) -> tuple[FleetState, HealthPolicy, PeriodicRunner, FakeScraper]:
+    fleet = FleetState(load_config(**regions))
+    policy = HealthPolicy(fleet)
+    scraper = FakeScraper()
+    return fleet, policy, PeriodicRunner(fleet, policy, FakeProber(), scraper), scraper
+
+
+async def test_a_scrape_reaches_the_snapshot_and_a_failed_one_keeps_the_report() -> None:
+    fleet, _policy, runner, scraper = scripted(**{"us-east": "http://a:1"})
+    runner.clock = lambda: 1000.0
+    ep = fleet.regions[0].endpoints[0]
+    # Regions without load.kind are never scraped.
+    assert [e.url for e in runner.load_endpoints()] == [ep.url]
+    scraper.pages[ep.url] = VLLM
+    report = await runner.scrape_once(ep)
+    assert report is not None and (report.load, report.kv_cache) == (18.0, 0.63)
+    assert (ep.reported_load, ep.reported_at) == (18.0, 1000.0)
+    assert fleet.snapshot.load[0] == 18.0
+    # The server stops answering: the report lives until max_age, then local counts stand.
+    scraper.pages[ep.url] = ConnectionResetError("gone")
+    fleet.acquire(ep)
+    assert await runner.scrape_once(ep) is None
+    assert ep.reported_load == 18.0 and fleet.snapshot.load[0] == 18.0
+    fleet.refresh_region(fleet.regions[0], 1003.5)
+    assert fleet.snapshot.load[0] == 1.0
+
+
+async def test_an_unreadable_page_is_warned_about_once_until_it_reads_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet, _policy, runner, scraper = scripted(**{"us-east": "http://a:1"})
+    ep = fleet.regions[0].endpoints[0]
+    scraper.pages[ep.url] = SGLANG  # wrong kind configured
+
+    async def warnings() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="gslb.loadreport"):
+            assert await runner.scrape_once(ep) is None
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    first = await warnings()
+    assert len(first) == 1 and "vllm:num_requests_running" in first[0]
+    assert "http://a:1/metrics" in first[0]
+    assert await warnings() == []  # the same fault again: debug only
+    assert ep.reported_load is None
+    scraper.pages[ep.url] = ConnectionRefusedError("down")
+    assert await warnings() == []  # unreachable is the health checks' business
+    scraper.pages[ep.url] = VLLM
+    assert await runner.scrape_once(ep) is not None
+    scraper.pages[ep.url] = SGLANG
+    assert len(await warnings()) == 1  # read once in between: a new fault is news
+
+
+async def test_a_hanging_scrape_is_cut_at_its_timeout() -> None:
+    fleet, _policy, runner, scraper = scripted(**{"us-east": "http://a:1"})
+    ep = fleet.regions[0].endpoints[0]
+    scraper.hang(ep.url)  # load.timeout_s = 0.5
+    started = time.monotonic()
+    assert await asyncio.wait_for(runner.scrape_once(ep), 5) is None
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert scraper.cancelled == [ep.url]
+
+
+async def test_the_scrape_loop_keeps_going_and_stale_reports_lapse() -> None:
+    cfg = fleet_config(
+        urls={"us-east": ["http://a:1"]},
+        region_extra={
+            "us-east": 'load = { kind = "vllm", interval_s = 0.05, max_age_s = 0.3 }',
+        },
+    )
+    fleet = FleetState(cfg)
+    policy = HealthPolicy(fleet)
+    scraper = FakeScraper()
+    runner = PeriodicRunner(fleet, policy, FakeProber(), scraper, tick_interval_s=0.02)
+    ep = fleet.regions[0].endpoints[0]
+    scraper.pages[ep.url] = VLLM
+    fleet.acquire(ep)
+    runner.start()
+    try:
+        await eventually(lambda: fleet.snapshot.load[0] == 18.0)
+        await eventually(lambda: scraper.count(ep.url) >= 3)  # it keeps scraping
+        scraper.pages[ep.url] = ConnectionRefusedError("down")
+        await eventually(lambda: fleet.snapshot.load[0] == 1.0)  # the runner's tick retired it
+    finally:
+        await runner.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# HttpScraper against real servers
 
 
 class MetricsServer:
     """Serves ``body`` at /metrics with ``status``; can be stopped to stop answering."""
 
     def __init__(self, body: str = VLLM) -> None:
-        self.body = body
+        self.body: str | bytes = body
         self.status = 200
         self.hits = 0
         self._runner: web.AppRunner | None = None
@@ -251,9 +346,8 @@ class MetricsServer:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.hits += 1
-        return web.Response(
-            status=self.status, text=self.body, content_type="text/plain", charset="utf-8"
-        )
+        body = self.body if isinstance(self.body, bytes) else self.body.encode()
+        return web.Response(status=self.status, body=body, content_type="text/plain")
 
     async def start(self) -> MetricsServer:
         app = web.Application()
@@ -267,14 +361,6 @@ class MetricsServer:
             self._runner = None
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[MetricsServer]:
     srv = await MetricsServer().start()
@@ -282,79 +368,42 @@ async def server() -> AsyncIterator[MetricsServer]:
     await srv.stop()
 
 
-async def test_poll_once_reaches_the_snapshot(
+async def test_http_scraper_reads_pages_and_refuses_bad_ones(
     server: MetricsServer, session: aiohttp.ClientSession
 ) -> None:
-    clock = FakeClock()
     fleet = FleetState(load_config(**{"us-east": server.url}))
-    poller = LoadPoller(fleet, session, clock=clock)
-    assert [e.url for e in poller.endpoints()] == [server.url]  # kind "none" regions skipped
     ep = fleet.regions[0].endpoints[0]
-    report = await poller.poll_once(ep)
-    assert report is not None and report.load == 18.0
-    assert (ep.reported_load, ep.reported_at) == (18.0, 1000.0)
-    assert fleet.snapshot.load[0] == 18.0
-    assert poller.reports[ep.url].kv_cache == 0.63
-    # The server goes away; the report lives until max_age, then local counts stand alone.
-    await server.stop()
-    fleet.acquire(ep)
-    assert await poller.poll_once(ep) is None
-    assert ep.reported_load == 18.0  # a failed scrape does not erase the last report
-    fleet.refresh_region(fleet.regions[0], 1003.0)
-    assert fleet.snapshot.load[0] == 18.0
-    fleet.refresh_region(fleet.regions[0], 1003.5)
-    assert fleet.snapshot.load[0] == 1.0
-
-
-async def test_bad_pages_are_logged_once_and_never_raise(
-    server: MetricsServer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
-) -> None:
-    fleet = FleetState(load_config(**{"us-east": server.url}))
-    poller = LoadPoller(fleet, session, max_body_bytes=len(VLLM) + 100)
-    ep = fleet.regions[0].endpoints[0]
-    server.body = SGLANG  # wrong kind configured
-    with caplog.at_level(logging.DEBUG, logger="gslb.loadreport"):
-        assert await poller.poll_once(ep) is None
-        assert await poller.poll_once(ep) is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "vllm:num_requests_running" in warnings[0].getMessage()
-    assert ep.reported_load is None
+    load = fleet.regions[0].cfg.load
+    scraper = HttpScraper(session, max_body_bytes=len(VLLM) + 100)
+    assert await scraper.scrape(ep, load) == VLLM
     server.body = VLLM * 2  # over the size limit
-    assert await poller.poll_once(ep) is None
+    with pytest.raises(LoadReportError, match="larger than"):
+        await scraper.scrape(ep, load)
+    server.body = b"vllm:num_requests_running \xff\n"
+    with pytest.raises(LoadReportError, match="UTF-8"):
+        await scraper.scrape(ep, load)
     server.body = VLLM
     server.status = 503
-    assert await poller.poll_once(ep) is None
-    server.status = 200
-    assert await poller.poll_once(ep) is not None
+    with pytest.raises(Exception, match="503") as info:
+        await scraper.scrape(ep, load)
+    assert not isinstance(info.value, LoadReportError)  # a failed scrape, not a bad page
+    await server.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await scraper.scrape(ep, load)
 
 
-async def test_poller_loop_and_fallback_after_the_server_stops(
+async def test_http_scrapes_on_the_runner_reach_the_snapshot(
     server: MetricsServer, session: aiohttp.ClientSession
 ) -> None:
-    cfg = fleet_config(
-        urls={"us-east": [server.url]},
-        region_extra={
-            "us-east": 'load = { kind = "vllm", interval_s = 0.05, max_age_s = 0.3 }',
-        },
-    )
-    fleet = FleetState(cfg)
+    fleet = FleetState(load_config(**{"us-east": server.url}))
     policy = HealthPolicy(fleet)
-    poller = LoadPoller(fleet, session)
-    ep = fleet.regions[0].endpoints[0]
-    fleet.acquire(ep)
-    poller.start()
+    runner = PeriodicRunner(fleet, policy, FakeProber(), HttpScraper(session))
+    runner.start()
     try:
         await eventually(lambda: fleet.snapshot.load[0] == 18.0)
-        await eventually(lambda: server.hits >= 3)  # it keeps polling
-        await server.stop()
-
-        def fell_back() -> bool:
-            policy.tick(time.monotonic())  # what the checker's ticker does
-            return fleet.snapshot.load[0] == 1.0
-
-        await eventually(fell_back)
+        await eventually(lambda: server.hits >= 3)
     finally:
-        await poller.stop()
+        await runner.stop()
 
 
 async def test_reports_change_router_decisions(session: aiohttp.ClientSession) -> None:
@@ -364,23 +413,23 @@ async def test_reports_change_router_decisions(session: aiohttp.ClientSession) -
         cfg = load_config(**{"us-east": home.url, "ca-central": near.url})
         fleet = FleetState(cfg)
         router = Router(cfg)
-        poller = LoadPoller(fleet, session)
+        runner = PeriodicRunner(fleet, HealthPolicy(fleet), FakeProber(), HttpScraper(session))
         facts = RequestFacts(NEW_YORK, 300.0)
 
         def decide() -> tuple[str | None, str]:
             d = router.decide(facts, fleet.snapshot)
             return d.region, d.reason
 
-        await poller.run_round()
+        await runner.scrape_round()
         assert fleet.snapshot.load[0] == 11.0  # util 1.1 with capacity 10: saturated home
         assert decide() == ("ca-central", "spill")
         # Montreal reports a deep queue: it loses the spill traffic to the next region.
         near.body = "vllm:num_requests_running 10\nvllm:num_requests_waiting 25\n"
-        await poller.run_round()
+        await runner.scrape_round()
         assert decide() == ("us-west", "spill")
         # New York's queue drains: it keeps its own traffic again.
         home.body = "vllm:num_requests_running 2\nvllm:num_requests_waiting 0\n"
-        await poller.run_round()
+        await runner.scrape_round()
         assert decide() == ("us-east", "local")
     finally:
         await home.stop()

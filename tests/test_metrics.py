@@ -150,16 +150,18 @@ def test_spills_from_home_to_served_region(metrics: Metrics) -> None:
 
 def test_retries_bounded(metrics: Metrics) -> None:
     metrics.request_done(rec(retries=("http_503", "timeout")))
-    metrics.request_done(rec(retries=("http_503", "ServerDisconnectedError")))
+    metrics.request_done(rec(retries=("http_503", "upstream_aborted")))
+    # Library class names are not gslb's reasons (gslb.forward.RETRY_REASONS): "other".
+    metrics.request_done(rec(retries=("ServerDisconnectedError", "ClientOSError")))
     metrics.request_done(rec(retries=("something /v1/secret?x=1", "http_418", "\x00")))
     text = metrics.exposition()
     name = "gslb_retries_total"
     assert value(text, name, reason="http_503") == 2
     assert value(text, name, reason="timeout") == 1
-    assert value(text, name, reason="ServerDisconnectedError") == 1
-    assert value(text, name, reason="other") == 3
+    assert value(text, name, reason="upstream_aborted") == 1
+    assert value(text, name, reason="other") == 5
     reasons = {dict(labels)["reason"] for (n, labels) in samples(text) if n == name}
-    assert reasons == {"http_503", "timeout", "ServerDisconnectedError", "other"}
+    assert reasons == {"http_503", "timeout", "upstream_aborted", "other"}
 
 
 def test_routes_capped(metrics: Metrics) -> None:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from gslb.fakeregion import FakeRegionOptions
+from tests.fakes import mark_down
 from tests.harness import (
     FRANKFURT,
     GZIPPED,
@@ -100,14 +101,14 @@ async def test_canadian_traffic_stays_in_canada_when_saturated_or_down(tmp_path:
             holder.close()
         # ca-central dies: the standby in Canada takes over, never the US next door.
         await s.fakes["ca-central"].kill()
-        s.worker.runtime.fleet.snapshot.set("ca-central", routable=False)
+        mark_down(s.worker, s.fakes["ca-central"].url)
         async with s.request("POST", "/v1/chat/completions", TORONTO, json=CHAT) as resp:
             assert resp.status == 200
             assert resp.headers["X-GSLB-Region"] == "ca-west"
             assert resp.headers["X-GSLB-Route"] == "standby"
         # All Canadian capacity gone: 503 no_eligible_region, and no other region was asked.
         await s.fakes["ca-west"].kill()
-        s.worker.runtime.fleet.snapshot.set("ca-west", routable=False)
+        mark_down(s.worker, s.fakes["ca-west"].url)
         before = {n: f.stats.requests_total for n, f in s.fakes.items()}
         async with s.request("POST", "/v1/chat/completions", TORONTO, json=CHAT) as resp:
             assert resp.status == 503

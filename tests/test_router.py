@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import random
+from types import ModuleType
 
 import pytest
 
 from gslb import scoring
+from gslb.config import ROLE_ACTIVE, ROLE_STANDBY
 from gslb.geo import Location
 from gslb.policy import RequestFacts
-from gslb.router import Router
+from gslb.router import NARROWED, RESIDENCY, UNAVAILABLE, UNPLACEABLE, Router
+from gslb.scoring import (
+    FAILOVER,
+    LOCAL,
+    LOCAL_QUEUED,
+    NO_REGION,
+    REASONS,
+    SPILL,
+    STANDBY,
+)
 from gslb.state import Snapshot
 from tests.fleet import fleet_config
 
@@ -22,8 +33,8 @@ NO_FACTS = RequestFacts(None, 300)
 
 
 @pytest.fixture
-def router() -> Router:
-    return Router(fleet_config())
+def router(backend: ModuleType) -> Router:
+    return Router(fleet_config(), backend=backend)
 
 
 def decide(router: Router, loc: Location | None, snap: Snapshot | None = None, **kw: object):  # type: ignore[no-untyped-def]
@@ -43,7 +54,7 @@ def decide(router: Router, loc: Location | None, snap: Snapshot | None = None, *
 )
 def test_idle_fleet_keeps_clients_local(router: Router, loc: Location, region: str) -> None:
     d = decide(router, loc)
-    assert (d.region, d.reason) == (region, "local")
+    assert (d.region, d.reason) == (region, REASONS[LOCAL])
 
 
 def test_saturated_canada_stays_in_canada_while_new_york_spills(router: Router) -> None:
@@ -51,11 +62,11 @@ def test_saturated_canada_stays_in_canada_while_new_york_spills(router: Router) 
     snap.set("ca-central", load=30)  # 3x capacity: deep queue
     snap.set("us-east", load=30)
     ca = decide(router, TORONTO, snap)
-    assert (ca.region, ca.reason) == ("ca-central", "local-queued")
+    assert (ca.region, ca.reason) == ("ca-central", REASONS[LOCAL_QUEUED])
     assert ca.fallbacks == ()  # the standby is not a fallback while an active region serves
     assert router.residency_rules(RequestFacts(TORONTO, 300)) == ("canada",)
     ny = decide(router, NEW_YORK, snap)
-    assert ny.reason == "spill"
+    assert ny.reason == REASONS[SPILL]
     assert ny.region in {"us-west", "ca-central"}
 
 
@@ -64,10 +75,10 @@ def test_spill_goes_to_nearest_free_region_within_budget(router: Router) -> None
     snap.set("us-east", load=30)
     snap.set("ca-central", load=9)  # util 0.9: not a spill target
     d = decide(router, NEW_YORK, snap)
-    assert (d.region, d.reason) == ("us-west", "spill")
+    assert (d.region, d.reason) == ("us-west", REASONS[SPILL])
     # With a budget too tight for any other region, the request queues at home.
     tight = decide(router, NEW_YORK, snap, budget_ms=20)
-    assert (tight.region, tight.reason) == ("us-east", "local-queued")
+    assert (tight.region, tight.reason) == ("us-east", REASONS[LOCAL_QUEUED])
     cand = {c.region: c for c in tight.candidates}
     assert "exceeds budget" in (cand["us-west"].why_not or "")
     assert "spill_utilization" in (cand["ca-central"].why_not or "")
@@ -77,12 +88,12 @@ def test_failover_is_forced_and_ignores_budget(router: Router) -> None:
     snap = router.new_snapshot()
     snap.set("us-east", routable=False)
     d = decide(router, NEW_YORK, snap, budget_ms=20)
-    assert d.reason == "failover"
+    assert d.reason == REASONS[FAILOVER]
     assert d.region == "ca-central"  # the nearest routable region
     snap.set("ca-central", routable=False)
     snap.set("us-west", routable=False)
     far = decide(router, NEW_YORK, snap, budget_ms=20)
-    assert far.reason == "failover"
+    assert far.reason == REASONS[FAILOVER]
     net = {c.region: c.net_ms for c in far.candidates}
     assert net[far.region or ""] > 20  # forced move: the budget does not apply
 
@@ -93,10 +104,10 @@ def test_standby_takes_over_only_when_no_active_allowed_region_is_routable(
     snap = router.new_snapshot()
     snap.set("ca-central", routable=False)
     d = decide(router, TORONTO, snap)
-    assert (d.region, d.reason) == ("ca-west", "standby")
+    assert (d.region, d.reason) == ("ca-west", REASONS[STANDBY])
     snap.set("ca-west", routable=False)
     gone = decide(router, TORONTO, snap)
-    assert (gone.region, gone.reason, gone.fallbacks) == (None, "no-region", ())
+    assert (gone.region, gone.reason, gone.fallbacks) == (None, REASONS[NO_REGION], ())
     # New York still has plenty of regions; the Canadian outage does not involve it.
     assert decide(router, NEW_YORK, snap).region == "us-east"
 
@@ -107,11 +118,11 @@ def test_eu_client_never_leaves_the_eu(router: Router) -> None:
     snap.set("eu-west", load=100)
     d = decide(router, FRANKFURT, snap)
     # Saturated and farther, eu-west is still the only EU option: queue there, never leave.
-    assert (d.region, d.reason, d.fallbacks) == ("eu-west", "local-queued", ())
+    assert (d.region, d.reason, d.fallbacks) == ("eu-west", REASONS[LOCAL_QUEUED], ())
     snap.set("eu-west", load=0)
-    assert (decide(router, FRANKFURT, snap).reason) == "failover"
+    assert (decide(router, FRANKFURT, snap).reason) == REASONS[FAILOVER]
     snap.set("eu-west", routable=False)
-    assert decide(router, FRANKFURT, snap).reason == "no-region"
+    assert decide(router, FRANKFURT, snap).reason == REASONS[NO_REGION]
 
 
 def test_fallbacks_stay_in_the_allowed_set(router: Router) -> None:
@@ -119,10 +130,12 @@ def test_fallbacks_stay_in_the_allowed_set(router: Router) -> None:
     assert d.region == "us-east" and d.fallbacks == ("ca-central",)
 
 
-def test_unplaceable_client_gets_the_edge_countrys_residency() -> None:
+def test_unplaceable_client_gets_the_edge_countrys_residency(backend: ModuleType) -> None:
     # The edge stands in Canada but its coordinates are Frankfurt's: an unplaceable client is
     # modeled at the edge point (eu-central is nearest) yet bound by the Canadian rule.
-    r = Router(fleet_config(geoip='edge_country = "CA"\nedge_location = [50.11, 8.68]'))
+    r = Router(
+        fleet_config(geoip='edge_country = "CA"\nedge_location = [50.11, 8.68]'), backend=backend
+    )
     d = decide(r, None)
     assert d.region == "ca-central"
     assert set(d.fallbacks) <= {"ca-central", "ca-west"}
@@ -131,29 +144,32 @@ def test_unplaceable_client_gets_the_edge_countrys_residency() -> None:
     # A country-less GeoIP record is unplaceable too.
     assert decide(r, Location(None, "EU", 50.11, 8.68)).region == "ca-central"
     # A US edge applies US rules (none here): the nearest region to the edge point wins.
-    us_edge = Router(fleet_config(geoip="edge_location = [50.11, 8.68]"))
+    us_edge = Router(fleet_config(geoip="edge_location = [50.11, 8.68]"), backend=backend)
     assert decide(us_edge, None).region == "eu-central"
 
 
-def test_unplaceable_client_deny_and_unrestricted() -> None:
-    deny = Router(fleet_config(extra='[routing]\nunknown_location = "deny"'))
+def test_unplaceable_client_deny_and_unrestricted(backend: ModuleType) -> None:
+    deny = Router(fleet_config(extra='[routing]\nunknown_location = "deny"'), backend=backend)
     d = decide(deny, None)
-    assert d.reason == "no-region"
+    assert d.reason == REASONS[NO_REGION]
     assert all("unknown" in (c.why_not or "") for c in d.candidates)
-    assert deny.denial(NO_FACTS, deny.new_snapshot()).cause == "unplaceable"
+    assert deny.denial(NO_FACTS, deny.new_snapshot()).cause == UNPLACEABLE
     # A located client is unaffected by the deny setting.
     assert decide(deny, NEW_YORK).region == "us-east"
     free = Router(
         fleet_config(
             extra='[routing]\nunknown_location = "unrestricted"',
             geoip='edge_country = "CA"\nedge_location = [50.11, 8.68]',
-        )
+        ),
+        backend=backend,
     )
     assert decide(free, None).region == "eu-central"  # the operator said so
 
 
-def test_country_without_coordinates_uses_the_edge_point_but_keeps_residency() -> None:
-    r = Router(fleet_config(geoip="edge_location = [1.35, 103.82]"))
+def test_country_without_coordinates_uses_the_edge_point_but_keeps_residency(
+    backend: ModuleType,
+) -> None:
+    r = Router(fleet_config(geoip="edge_location = [1.35, 103.82]"), backend=backend)
     d = decide(r, Location("CA", "NA"))
     assert d.region == "ca-central"  # residency still pins it; distance came from the edge
 
@@ -177,12 +193,14 @@ def test_service_time_correction_changes_wait(router: Router) -> None:
     i = router.names.index("us-east")
     router.set_service_ms(i, 1.0)  # observed: requests finish almost at once
     after = decide(router, NEW_YORK, snap)
-    assert before.reason == "spill"
-    assert (after.region, after.reason) == ("us-east", "local-queued")
+    assert before.reason == REASONS[SPILL]
+    assert (after.region, after.reason) == ("us-east", REASONS[LOCAL_QUEUED])
 
 
-def test_router_uses_active_backend() -> None:
-    assert scoring.BACKEND in {"cython", "python"}
+def test_router_scores_with_the_backend_it_is_given(backend: ModuleType) -> None:
+    assert isinstance(Router(fleet_config(), backend=backend).kernel, backend.Kernel)
+    # By default, the one gslb.scoring selected (the compiled kernel unless refused or off).
+    assert isinstance(Router(fleet_config()).kernel, scoring.Kernel)
 
 
 def test_held_down_regions_are_a_last_resort_not_a_refusal(router: Router) -> None:
@@ -193,7 +211,7 @@ def test_held_down_regions_are_a_last_resort_not_a_refusal(router: Router) -> No
     snap.last_resort[i] = 1
     snap.set("ca-west", routable=False)
     d = decide(router, TORONTO, snap)
-    assert (d.region, d.reason) == ("ca-central", "local")
+    assert (d.region, d.reason) == ("ca-central", REASONS[LOCAL])
     plain = router.decide(RequestFacts(TORONTO, 300), snap)
     assert plain.region == "ca-central"
     # While the standby serves, the held-down region waits out its hold-down.
@@ -210,11 +228,11 @@ def test_denial_blames_the_clients_own_narrowing_not_residency(router: Router) -
     facts = RequestFacts(TORONTO, 300, residency=frozenset({"DE"}))
     assert router.decide(facts, snap).region is None
     d = router.denial(facts, snap)
-    assert (d.cause, d.rules) == ("narrowed", ())
+    assert (d.cause, d.rules) == (NARROWED, ())
     assert "X-GSLB-Residency" in d.message and "residency rule" not in d.message
     # A certification no allowed region holds, asked for by the request itself.
     facts = RequestFacts(TORONTO, 300, certifications=frozenset({"fedramp"}))
-    assert router.denial(facts, snap).cause == "narrowed"
+    assert router.denial(facts, snap).cause == NARROWED
 
 
 def test_denial_counts_residency_only_when_the_rule_is_the_cause(router: Router) -> None:
@@ -224,15 +242,15 @@ def test_denial_counts_residency_only_when_the_rule_is_the_cause(router: Router)
     facts = RequestFacts(TORONTO, 300)
     assert router.decide(facts, snap).region is None
     d = router.denial(facts, snap)
-    assert (d.cause, d.rules) == ("residency", ("canada",))
+    assert (d.cause, d.rules) == (RESIDENCY, ("canada",))
     assert "canada" in d.message and "CA" in d.message
     # Narrowing to Canada while Canada is down: the rule binds anyway, so it is residency.
     narrowed = RequestFacts(TORONTO, 300, residency=frozenset({"CA"}))
-    assert router.denial(narrowed, snap).cause == "residency"
+    assert router.denial(narrowed, snap).cause == RESIDENCY
     # A US client with every region down: no rule involved.
     for name in router.names:
         snap.set(name, routable=False)
-    assert router.denial(RequestFacts(NEW_YORK, 300), snap).cause == "unavailable"
+    assert router.denial(RequestFacts(NEW_YORK, 300), snap).cause == UNAVAILABLE
 
 
 # --- explanations agree with the decision --------------------------------------------
@@ -255,7 +273,7 @@ def test_held_down_region_chosen_as_last_resort_is_explained_as_chosen(router: R
     assert "held down" in (held.why_not or "")
 
 
-def _random_fleet(rnd: random.Random) -> tuple[Router, Snapshot, RequestFacts]:
+def _random_fleet(rnd: random.Random, backend: ModuleType) -> tuple[Router, Snapshot, RequestFacts]:
     regions = []
     for i in range(rnd.randint(1, 9)):
         regions.append(
@@ -265,7 +283,7 @@ def _random_fleet(rnd: random.Random) -> tuple[Router, Snapshot, RequestFacts]:
                 rnd.choice(["aws", "gcp"]),
                 "hyperscaler",
                 rnd.choice(["US", "CA", "DE", "FR", "SG"]),
-                rnd.choice(["active", "active", "standby"]),
+                rnd.choice([ROLE_ACTIVE, ROLE_ACTIVE, ROLE_STANDBY]),
                 rnd.randint(1, 12),
                 rnd.sample(["soc2", "hipaa"], rnd.randint(0, 2)),
             )
@@ -274,7 +292,7 @@ def _random_fleet(rnd: random.Random) -> tuple[Router, Snapshot, RequestFacts]:
         f"[routing]\nspill_utilization = {rnd.choice([0.5, 0.85, 1.0])}\n"
         f"spill_penalty_ms = {rnd.choice([0, 10, 40])}\n"
     )
-    router = Router(fleet_config(regions=regions, extra=extra), backend=_backend())
+    router = Router(fleet_config(regions=regions, extra=extra), backend=backend)
     snap = router.new_snapshot()
     for i in range(len(regions)):
         snap.load[i] = rnd.choice([0.0, rnd.uniform(0, 30)])
@@ -290,15 +308,12 @@ def _random_fleet(rnd: random.Random) -> tuple[Router, Snapshot, RequestFacts]:
     return router, snap, facts
 
 
-def _backend():  # type: ignore[no-untyped-def]
-    return scoring.backends().get("cython") or scoring.backends()["python"]
-
-
-def test_explanations_agree_with_the_compiled_kernel_over_random_fleets() -> None:
+def test_explanations_agree_with_the_kernel_over_random_fleets(backend: ModuleType) -> None:
+    """The request path's kernel (compiled or twin) and the twin's explanation tell one story."""
     rnd = random.Random(20261129)
     for _ in range(1500):
-        router, snap, facts = _random_fleet(rnd)
-        fast = router.decide(facts, snap)  # the request path: compiled kernel, cut to max_attempts
+        router, snap, facts = _random_fleet(rnd, backend)
+        fast = router.decide(facts, snap)  # the request path: the kernel, cut to max_attempts
         full = router.decide(facts, snap, explain=True)
         assert full.region == fast.region and full.reason == fast.reason
         assert full.order[: len(fast.order)] == fast.order

@@ -15,8 +15,11 @@ import copy
 import json
 import os
 import re
+import shutil
 import struct
+import subprocess
 import sys
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
@@ -26,7 +29,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gslb.statuspage import STATUS_PAGE, handle_status_page, land_paths, project, render_status_page
+from gslb.statuspage import (
+    STATUS_PAGE,
+    asset_text,
+    handle_status_page,
+    land_paths,
+    project,
+    render_status_page,
+)
 from tests import browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -439,6 +449,58 @@ def test_csp_hashes_match_inline_code() -> None:
     for code in (script, style):
         digest = base64.b64encode(hashlib.sha256(code.encode()).digest()).decode()
         assert f"'sha256-{digest}'" in page
+
+
+def test_coastline_data_loads_as_polygons_on_the_globe() -> None:
+    doc = json.loads(asset_text("coastline.json"))
+    assert set(doc["land"]) >= {"north-america", "eurasia", "africa", "australia"}
+    assert set(doc["water"]) == {"black-sea", "caspian-sea"}
+    for kind in ("land", "water"):
+        for name, ring in doc[kind].items():
+            assert len(ring) >= 3, name  # a polygon; the path's Z closes it
+            for lon, lat in ring:
+                assert -180 <= lon <= 180 and -90 <= lat <= 90, (name, lon, lat)
+    # Every ring reaches the page as one path (the seas painted over the land).
+    for name in doc["land"]:
+        assert f'data-name="{name}"' in STATUS_PAGE
+    assert STATUS_PAGE.count('class="water"') == len(doc["water"])
+
+
+def test_page_template_slots_are_all_filled() -> None:
+    assert "${" not in STATUS_PAGE and "__CONFIG__" not in STATUS_PAGE
+    # The assets are inlined verbatim: what an editor or linter checks is what ships.
+    assert f"<style>{asset_text('status.css')}</style>" in STATUS_PAGE
+    script = STATUS_PAGE.split("<script>", 1)[1].split("</script>", 1)[0]
+    head, config, tail = asset_text("status.js").partition("__CONFIG__")
+    assert config and script.startswith(head) and script.endswith(tail)
+
+
+def test_script_parses(tmp_path: Path) -> None:
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node not installed: the script's syntax is checked by the browser tests")
+    script = STATUS_PAGE.split("<script>", 1)[1].split("</script>", 1)[0]
+    path = tmp_path / "status.js"
+    path.write_text(script)
+    done = subprocess.run([node, "--check", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # The check can fail: a broken script is reported.
+    path.write_text(script.replace("=>", "=>>", 1))
+    broken = subprocess.run([node, "--check", str(path)], capture_output=True, timeout=60)
+    assert broken.returncode != 0
+
+
+def test_every_asset_ships_as_package_data() -> None:
+    # setuptools globs package-data patterns per directory: a new folder under gslb/data
+    # needs a pattern of its own, or the wheel ships without it.
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["gslb"]
+    package = ROOT / "gslb"
+    shipped = {p for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    assets = {p for p in (package / "data").rglob("*") if p.is_file()}
+    assert {"page.html", "status.css", "status.js", "coastline.json"} <= {p.name for p in assets}
+    assert assets <= shipped, sorted(str(p.relative_to(package)) for p in assets - shipped)
 
 
 async def test_handler_serves_page_with_headers() -> None:
