@@ -27,7 +27,7 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels gslb \
     && rm -rf /wheels \
-    && python -c "import gslb.scoring as s; assert s.BACKEND == 'cython', s.BACKEND"
+    && python -c "import gslb.core.scoring as s; assert s.BACKEND == 'cython', s.BACKEND"
 USER gslb
 EXPOSE 8080 9901
 VOLUME ["/etc/gslb"]

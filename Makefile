@@ -32,7 +32,7 @@ $(STAMP): $(PY) pyproject.toml setup.py
 install: $(STAMP)
 
 # Rebuild the Cython kernel in place: the editable install keeps the .so beside the .pyx, and
-# gslb.scoring refuses a .so built from other .pyx text (it falls back to the twin and warns).
+# gslb.core.scoring refuses a .so built from other .pyx text (it falls back to the twin and warns).
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
@@ -61,4 +61,4 @@ bench: build
 	$(PY) benchmarks/bench_proxy.py --profile-dir benchmarks/profile
 
 clean:
-	rm -rf build gslb/*.so gslb/_scoring.c .mypy_cache .pytest_cache .ruff_cache
+	rm -rf build gslb/*.so gslb/_scoring.c gslb/core/*.so gslb/core/_scoring.c .mypy_cache .pytest_cache .ruff_cache

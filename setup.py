@@ -1,11 +1,11 @@
 """Build the optional Cython scoring kernel.
 
 The extension is optional: when Cython or a C compiler is missing the package installs
-without it and ``gslb.scoring`` falls back to the pure-Python twin. ``GSLB_NO_EXTENSIONS=1``
+without it and ``gslb.core.scoring`` falls back to the pure-Python twin. ``GSLB_NO_EXTENSIONS=1``
 skips the build entirely.
 
 The module is stamped with the SHA-256 of the ``.pyx`` text it is compiled from
-(``gslb._scoring.SOURCE_SHA256``), so ``gslb.scoring`` can refuse a stale in-place build.
+(``gslb.core._scoring.SOURCE_SHA256``), so ``gslb.core.scoring`` can refuse a stale in-place build.
 """
 
 import hashlib
@@ -16,7 +16,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-PYX = "gslb/_scoring.pyx"
+PYX = "gslb/core/_scoring.pyx"
 
 
 class OptionalBuildExt(build_ext):

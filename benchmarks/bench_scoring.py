@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gslb import scoring
-from gslb.config import Config, parse_toml
-from gslb.geo import Location
-from gslb.policy import RequestFacts
-from gslb.router import Router
-from gslb.state import Snapshot
+from gslb.core import scoring
+from gslb.core.config import Config, parse_toml
+from gslb.core.geo import Location
+from gslb.core.policy import RequestFacts
+from gslb.core.router import Router
+from gslb.core.state import LiveView
 
 JURISDICTIONS = ["US", "US", "US", "CA", "DE", "IE", "FR", "JP", "SG", "BR", "AU", "GB"]
 
@@ -66,10 +66,10 @@ def clients(count: int, seed: int = 11) -> list[RequestFacts]:
     ]
 
 
-def loaded_snapshot(router: Router, seed: int = 3) -> Snapshot:
+def loaded_snapshot(router: Router, seed: int = 3) -> LiveView:
     """About a third of the regions saturated and a few down, so every branch runs."""
     rnd = random.Random(seed)
-    snap = router.new_snapshot()
+    snap = router.new_view()
     for i, region in enumerate(router.cfg.regions):
         snap.load[i] = rnd.choice([0.0, 0.3, 0.6, 0.95, 1.5]) * region.capacity
         snap.routable[i] = 0 if rnd.random() < 0.1 else 1

@@ -57,7 +57,7 @@ class City:
     weight: float  # share of the users, roughly where chat users are
 
 
-# Verified against gslb.geoip.GeoIP('') (the bundled database). The demo has no region in
+# Verified against gslb.edge.geoip.GeoIP('') (the bundled database). The demo has no region in
 # Tokyo, Sydney, Mumbai or London: those clients land wherever the router finds nearest.
 CITIES: Final[tuple[City, ...]] = (
     City("New York", "72.229.28.185", 14),

@@ -14,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gslb.config import Config, ConfigError, load_config, parse_hostport
+from gslb.core.config import Config, ConfigError, load_config, parse_hostport
 
 if TYPE_CHECKING:
-    from gslb.config import HostPort
-    from gslb.geo import Location
-    from gslb.policy import RequestFacts
-    from gslb.preflight import ListenOverrides
+    from gslb.core.config import HostPort
+    from gslb.core.geo import Location
+    from gslb.core.policy import RequestFacts
+    from gslb.ops.preflight import ListenOverrides
 
 EXIT_USAGE = 2
 MAX_WORKERS = 256  # as server.workers in the config
@@ -61,7 +61,7 @@ def _discard_stdout() -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gslb.preflight import preflight
+    from gslb.ops.preflight import preflight
 
     cfg = _load(args.file)
     try:  # the same start-up checks as `serve`, so "ok" means serve will start
@@ -78,7 +78,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _read_state(path: str, names: Sequence[str]) -> Any:
-    from gslb.state import Snapshot
+    from gslb.core.state import LiveView
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -86,14 +86,14 @@ def _read_state(path: str, names: Sequence[str]) -> Any:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}: cannot read state: {exc}") from None
     try:
-        return Snapshot.from_document(names, doc)
+        return LiveView.from_document(names, doc)
     except ValueError as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 
 def _route_facts(args: argparse.Namespace, location: Location | None, cfg: Config) -> RequestFacts:
     """The request facts, by the rules the proxy applies to the control headers."""
-    from gslb.policy import (
+    from gslb.core.policy import (
         BUDGET_HEADER,
         CERTS_HEADER,
         RESIDENCY_HEADER,
@@ -119,10 +119,10 @@ def _route_facts(args: argparse.Namespace, location: Location | None, cfg: Confi
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from gslb.clientip import parse_ip
-    from gslb.explain import decision_document, render_table
-    from gslb.geoip import GeoIP, GeoIPError
-    from gslb.router import Router
+    from gslb.core.clientip import parse_ip
+    from gslb.core.explain import decision_document, render_table
+    from gslb.core.router import Router
+    from gslb.edge.geoip import GeoIP, GeoIPError
 
     cfg = _load(args.config)
     ip = parse_ip(args.ip)
@@ -135,7 +135,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     location = geoip.lookup(ip)
     facts = _route_facts(args, location, cfg)
     router = Router(cfg)
-    snapshot = _read_state(args.state, router.names) if args.state else router.new_snapshot()
+    snapshot = _read_state(args.state, router.names) if args.state else router.new_view()
     decision = router.decide(facts, snapshot, explain=True)
     doc = decision_document(str(ip), location, facts, decision, router.residency_rules(facts))
     _emit(json.dumps(doc, indent=2) if args.json else render_table(doc))
@@ -143,7 +143,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> ListenOverrides:
-    from gslb.preflight import ListenOverrides, parse_address_flag
+    from gslb.ops.preflight import ListenOverrides, parse_address_flag
 
     def flag(value: str | None, name: str) -> HostPort | None:
         if value is None:
@@ -158,7 +158,7 @@ def _overrides(args: argparse.Namespace) -> ListenOverrides:
 
 def serve_config(args: argparse.Namespace) -> tuple[str, Config, ListenOverrides]:
     """What ``gslb serve`` would run: the file's text, the checked config, the overrides."""
-    from gslb.preflight import preflight, read_config
+    from gslb.ops.preflight import preflight, read_config
 
     overrides = _overrides(args)
     try:
@@ -171,7 +171,7 @@ def serve_config(args: argparse.Namespace) -> tuple[str, Config, ListenOverrides
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gslb.supervisor import serve
+    from gslb.ops.supervisor import serve
 
     text, cfg, overrides = serve_config(args)
     if args.log_level is None:
@@ -182,8 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gslb.server import install_uvloop
-    from gslb.supervisor import run_worker_process
+    from gslb.edge.server import install_uvloop
+    from gslb.ops.supervisor import run_worker_process
 
     # The config the supervisor accepted arrives on stdin; the file may hold another by now.
     text = sys.stdin.read()
@@ -195,8 +195,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gslb.demo import embedded_config, run_demo, with_ports
-    from gslb.server import install_uvloop
+    from gslb.edge.server import install_uvloop
+    from gslb.sim.demo import embedded_config, run_demo, with_ports
 
     try:
         cfg = _load(args.config) if args.config else embedded_config()
@@ -218,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fake_region(args: argparse.Namespace) -> int:
-    from gslb.fakeregion import main_from_args
+    from gslb.sim.fakeregion import main_from_args
 
     return main_from_args(args)
 
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--region-port-base", type=int, default=None, help="first fake-region port")
     dm.set_defaults(func=cmd_demo)
 
-    from gslb.fakeregion import add_arguments
+    from gslb.sim.fakeregion import add_arguments
 
     fr = sub.add_parser("fake-region", help="a simulated OpenAI-compatible inference server")
     add_arguments(fr)
@@ -300,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from gslb.logsafety import configure_logging
+    from gslb.edge.logsafety import configure_logging
 
     # Library records (aiohttp, asyncio) are cut to name, level and exception class: their
-    # text can quote request bytes and client addresses (gslb.logsafety).
+    # text can quote request bytes and client addresses (gslb.edge.logsafety).
     configure_logging(getattr(logging, (args.log_level or "warning").upper()), sys.stderr)
     try:
         return int(args.func(args))

@@ -8,7 +8,7 @@ from types import ModuleType
 import aiohttp
 import pytest
 
-from gslb import scoring
+from gslb.core import scoring
 
 
 @pytest.fixture
@@ -19,11 +19,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 # Every usable scoring backend: the twin always, the compiled kernel when built and current.
-# A missing or refused compiled kernel fails tests/test_scoring.py (unless
+# A missing or refused compiled kernel fails tests/core/test_scoring.py (unless
 # GSLB_NO_EXTENSIONS=1 says so), so running on the twin alone cannot pass unnoticed.
 @pytest.fixture(params=sorted(scoring.backends()))
 def backend(request: pytest.FixtureRequest) -> ModuleType:
-    """A scoring backend module (``gslb._scoring`` or ``gslb._scoring_py``); tests run once
-    per backend, named by the test id."""
+    """A scoring backend module (``gslb.core._scoring`` or ``gslb.core._scoring_py``);
+    tests run once per backend, named by the test id."""
     module: ModuleType = scoring.backends()[request.param]
     return module

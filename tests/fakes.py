@@ -1,4 +1,4 @@
-"""Scripted stand-ins for the periodic runner's I/O (``gslb.periodic``), and health inputs.
+"""Scripted stand-ins for the periodic runner's I/O (``gslb.ops.periodic``), and health inputs.
 
 ``FakeProber`` and ``FakeScraper`` satisfy the ``Prober`` and ``Scraper`` protocols without
 sockets: answers are scripted per endpoint URL, an endpoint can be made to hang until
@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from gslb.config import HealthConfig, LoadConfig
-from gslb.fleet import EndpointState
-from gslb.server import Worker
+from gslb.core.config import HealthConfig, LoadConfig
+from gslb.core.fleet import EndpointState
+from gslb.edge.server import Worker
 
 
 class _Gate:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gslb.config import Config, parse_toml
+from gslb.core.config import Config, parse_toml
 
 # name, (lat, lon), provider, tier, jurisdiction, role, capacity, certifications
 REGIONS = [

@@ -15,14 +15,14 @@ from typing import Any
 
 import aiohttp
 
-from gslb.admin import Admin
-from gslb.config import Config, parse_toml
-from gslb.control import LocalControl
-from gslb.fakeregion import FakeRegion, FakeRegionOptions
-from gslb.fakestress import GZIP_BODY
-from gslb.geoip import GeoIP
-from gslb.observe import RequestRecord
-from gslb.server import Worker
+from gslb.core.config import Config, parse_toml
+from gslb.edge.geoip import GeoIP
+from gslb.edge.server import Worker
+from gslb.ops.admin import Admin
+from gslb.ops.control import LocalControl
+from gslb.ops.observe import RequestRecord
+from gslb.sim.fakeregion import FakeRegion, FakeRegionOptions
+from gslb.sim.fakestress import GZIP_BODY
 from tests.fleet import REGIONS, fleet_toml
 from tests.loopback import serve_app
 from tests.mmdb_fixtures import write_world_mmdb
@@ -63,7 +63,7 @@ class Stack:
     cfg: Config
     fakes: dict[str, FakeRegion]
     # The regions named in ``scripted``, also in ``fakes``: a test sets ``.mode`` and reads
-    # ``.hits``, ``.last_headers`` and ``.sent`` (see gslb.fakestress).
+    # ``.hits``, ``.last_headers`` and ``.sent`` (see gslb.sim.fakestress).
     upstreams: dict[str, FakeRegion]
     client: aiohttp.ClientSession
     recorder: Recorder

@@ -1,7 +1,7 @@
 """Build small GeoIP2-City-shaped MaxMind DB files for tests (no pytest dependency).
 
 ``write_city_mmdb(path, records)`` writes a real .mmdb (IPv6 tree, IPv4 at ::/96, like
-GeoLite2 City) that ``gslb.geoip.GeoIP`` and ``maxminddb`` read like the real thing.
+GeoLite2 City) that ``gslb.edge.geoip.GeoIP`` and ``maxminddb`` read like the real thing.
 ``write_world_mmdb(path)`` writes ``WORLD``, the shared test geography below.
 
 The ranges are public unicast space (so ``GeoIP`` does not discard them as private or

@@ -1,0 +1,9 @@
+"""Operations: the control plane's I/O shell.
+
+The admin API and status page, the control fan-out to worker processes and the supervisor,
+the periodic runner that probes endpoints and scrapes their load, metrics, the access log,
+recent activity, and the start-up checks shared by ``serve`` and ``check-config``.
+
+May import: ``gslb.core``, ``gslb.edge`` (the worker it controls), ``aiohttp``, ``asyncio``
+and the standard library.
+"""
