@@ -160,6 +160,9 @@ class FakeRegion:
         self._error_rate = options.error_rate
         self._hang_rate = options.hang_rate
         self._health_status = options.health_status
+        # Set while health probes are answered; cleared, they wait (a server that hangs).
+        self._health_gate = asyncio.Event()
+        self._health_gate.set()
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._port: int | None = None
@@ -258,6 +261,13 @@ class FakeRegion:
     def set_health(self, status: int) -> None:
         _check_status("status", status)
         self._health_status = status
+
+    def hold_health(self) -> None:
+        """Health probes wait from now on, until ``release_health`` (a hung server)."""
+        self._health_gate.clear()
+
+    def release_health(self) -> None:
+        self._health_gate.set()
 
     def set_error_rate(self, rate: float) -> None:
         _check_rate("error_rate", rate)
@@ -457,6 +467,7 @@ class FakeRegion:
         return web.json_response(self._engine.models_body())
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
+        await self._health_gate.wait()
         status = self._health_status
         word = "ok" if status < 400 else "unhealthy"
         return web.json_response({"status": word}, status=status)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from gslb.core.config import parse_toml
 from gslb.core.fleet import FleetState
@@ -26,10 +25,11 @@ from gslb.core.healthpolicy import HealthPolicy
 from gslb.edge.geoip import GeoIP
 from gslb.edge.server import Worker
 from gslb.ops.periodic import LOAD_JITTER, HttpProber, PeriodicRunner, jittered
+from gslb.sim.fakeregion import FakeRegion, FakeRegionOptions
 from tests.core.test_health import eps, make_config
 from tests.fakes import FakeProber, FakeScraper, RecordingSleep
 from tests.fleet import REGIONS, fleet_toml
-from tests.loopback import eventually, serve_app
+from tests.loopback import eventually
 from tests.mmdb_fixtures import write_world_mmdb
 from tests.ops.test_serve import make_ca, make_leaf, start_tls_upstream
 
@@ -246,39 +246,6 @@ async def test_the_runner_ticks_the_policy() -> None:
 # HttpProber against real servers
 
 
-class Upstream:
-    """A tiny server whose /health status can be flipped, or made to hang."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.hang = False
-        self.hits = 0
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _health(self, request: web.Request) -> web.Response:
-        self.hits += 1
-        if self.hang:
-            await self._release.wait()
-        return web.Response(status=self.status, text="ok")
-
-    async def start(self) -> Upstream:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        self._runner, self.url = await serve_app(app, shutdown_timeout=0.1)
-        return self
-
-    def release(self) -> None:
-        self.hang = False
-        self._release.set()
-
-    async def stop(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -287,14 +254,20 @@ def closed_port_url() -> str:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    up = await Upstream().start()
+async def upstream() -> AsyncIterator[FakeRegion]:
+    """The one fake upstream; here only its /health matters."""
+    up = FakeRegion(FakeRegionOptions(name="us-east"))
+    await up.start()
     yield up
     await up.stop()
 
 
+def probes(fake: FakeRegion) -> int:
+    return fake.stats.by_path.get("/health", 0)
+
+
 async def test_http_checks_mark_down_after_fall_and_up_after_rise(
-    upstream: Upstream, session: aiohttp.ClientSession
+    upstream: FakeRegion, session: aiohttp.ClientSession
 ) -> None:
     fleet, policy, runner = runner_for([upstream.url], HttpProber(session))
     ep = fleet.regions[0].endpoints[0]
@@ -307,27 +280,27 @@ async def test_http_checks_mark_down_after_fall_and_up_after_rise(
         await eventually(lambda: ep.probe_successes >= 2)
         assert ep.up
         assert policy.ewma_probe_rtt_ms(0) is not None
-        upstream.status = 503
+        upstream.set_health(503)
         await eventually(lambda: not ep.up)
-        upstream.status = 200
+        upstream.set_health(200)
         await eventually(lambda: ep.up)
     finally:
         await runner.stop()
-    hits = upstream.hits
+    hits = probes(upstream)
     await asyncio.sleep(0.15)
-    assert upstream.hits == hits  # stopped means stopped
+    assert probes(upstream) == hits  # stopped means stopped
     # Down exactly at the fall-th failure, up exactly at the rise-th success.
     assert [f for f in flips if f[0] in (DOWN, UP)] == [(DOWN, 3, 0), (UP, 0, 2)]
 
 
 async def test_a_hanging_health_endpoint_fails_by_timeout(
-    upstream: Upstream, session: aiohttp.ClientSession
+    upstream: FakeRegion, session: aiohttp.ClientSession
 ) -> None:
     fleet, _policy, runner = runner_for(
         [upstream.url], HttpProber(session), FAST.replace("timeout_s = 0.5", "timeout_s = 0.05")
     )
     ep = fleet.regions[0].endpoints[0]
-    upstream.hang = True
+    upstream.hold_health()
     started = time.monotonic()
     assert await runner.probe_once(ep) is False
     assert time.monotonic() - started < 1.0
@@ -340,7 +313,7 @@ async def test_a_hanging_health_endpoint_fails_by_timeout(
 
 
 async def test_http_prober_expected_status_and_unreachable(
-    upstream: Upstream, session: aiohttp.ClientSession
+    upstream: FakeRegion, session: aiohttp.ClientSession
 ) -> None:
     health = FAST.replace("[health]", "[health]\nexpected_status = [200, 204]")
     fleet, _policy, runner = runner_for(
@@ -349,13 +322,13 @@ async def test_http_prober_expected_status_and_unreachable(
     good, dead = fleet.regions[0].endpoints
     prober = HttpProber(session)
     hc = fleet.regions[0].cfg.health
-    upstream.status = 204
+    upstream.set_health(204)
     ok, rtt = await prober.probe(good, hc)
     assert ok and rtt is not None and 0 < rtt < 1.0
-    upstream.status = 500
+    upstream.set_health(500)
     assert await prober.probe(good, hc) == (False, None)
     assert await prober.probe(dead, hc) == (False, None)
-    upstream.status = 200
+    upstream.set_health(200)
     await runner.run_round(initial=True)
     assert good.up and not dead.up
     assert fleet.view.routable[0] == 1
@@ -390,7 +363,7 @@ async def test_http_prober_uses_the_region_tls_setting(
 
 
 async def test_a_worker_is_ready_only_after_its_first_health_round(
-    tmp_path: Path, upstream: Upstream
+    tmp_path: Path, upstream: FakeRegion
 ) -> None:
     mmdb = tmp_path / "world.mmdb"
     write_world_mmdb(str(mmdb))
@@ -402,13 +375,13 @@ async def test_a_worker_is_ready_only_after_its_first_health_round(
         geoip=f'database = "{mmdb}"\n',
     )
     worker = Worker(parse_toml(text, "test.toml"), geoip=GeoIP(str(mmdb)), health=True)
-    upstream.hang = True
+    upstream.hold_health()
     start = asyncio.create_task(worker.start("127.0.0.1", 0))
     try:
-        await eventually(lambda: upstream.hits == 1)
+        await eventually(lambda: probes(upstream) == 1)
         await asyncio.sleep(0.1)
         assert not start.done() and not worker.ready and worker.port is None
-        upstream.release()
+        upstream.release_health()
         await start
         assert worker.ready and worker.port is not None
         assert worker.runtime.fleet.regions[0].endpoints[0].probe_successes == 1
