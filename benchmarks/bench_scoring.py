@@ -35,7 +35,7 @@ JURISDICTIONS = ["US", "US", "US", "CA", "DE", "IE", "FR", "JP", "SG", "BR", "AU
 def synthetic_fleet(n: int, seed: int = 7) -> Config:
     """``n`` regions scattered over the inhabited world, with Canada and EU residency rules."""
     rnd = random.Random(seed)
-    parts = []
+    parts = ['[geoip]\nedge_country = "US"\n']  # the residency rules need the edge's country
     for i in range(n):
         lat, lon = rnd.uniform(-40, 60), rnd.uniform(-130, 150)
         jur = JURISDICTIONS[i % len(JURISDICTIONS)]

@@ -112,6 +112,15 @@ class Step:
     error: ClientError | None = None
 
 
+# Steps are values: the common ones are shared, not built per request.
+_TRY: Final = Step(Act.TRY)
+_READ_FIRST: Final = Step(Act.READ_FIRST)
+_COMMIT: Final = Step(Act.COMMIT)
+_ABANDON: Final = Step(Act.ABANDON, Outcome.CANCELLED)
+_FINISH: Final = {o: Step(Act.FINISH, o) for o in Outcome}
+_CUT: Final = {o: Step(Act.CUT, o) for o in Outcome}
+
+
 def status_outcome(status: int) -> Outcome:
     """What a final status says about the upstream: 429 is load, 5xx a fault."""
     if status == 429:
@@ -134,7 +143,6 @@ class Exchange:
         "body_limit",
         "failure",
         "max_attempts",
-        "may_retry",
         "order",
         "phase",
         "position",
@@ -153,7 +161,6 @@ class Exchange:
         self.phase = Phase.IDLE
         self.position = -1  # index into order of the candidate being tried
         self.attempts = 0
-        self.may_retry = False  # a failure of this attempt can go to another candidate
         self.status = 0
         self.failure: str | None = None  # reason of the last failed attempt
         self.retries: tuple[str, ...] = ()  # reasons of failed attempts that were retried
@@ -184,12 +191,17 @@ class Exchange:
                 self.position = position
                 self.attempts += 1
                 self.phase = Phase.WAITING_HEAD
-                self.may_retry = self._attempts_left() and any(
-                    can_pick(i) for i in self.order[position + 1 :]
-                )
-                return Step(Act.TRY)
+                return _TRY
         self.phase = Phase.DONE
         return Step(Act.ANSWER, error=self._give_up())
+
+    def may_retry(self, can_pick: Callable[[int], bool]) -> bool:
+        """Whether a failure of this attempt can go to another candidate: attempts left, a
+        replayable body, and a later candidate with an endpoint now. Asked only when an
+        attempt fails, so the common path never looks at the other regions."""
+        if not self._attempts_left():
+            return False
+        return any(can_pick(i) for i in self.order[self.position + 1 :])
 
     def _attempts_left(self) -> bool:
         # After the first attempt part of a streamed body may be upstream already.
@@ -208,19 +220,19 @@ class Exchange:
         """The upstream's response head arrived (``has_body``: a body may follow)."""
         self._expect(Phase.WAITING_HEAD)
         self.status = status
-        if status in RETRYABLE_STATUS and self.may_retry:
+        if status in RETRYABLE_STATUS and self.may_retry(can_pick):
             return self._failed(f"http_{status}", Outcome.HTTP_5XX, can_pick)
         if not has_body:
             self.phase = Phase.COMMITTED
-            return Step(Act.COMMIT)
+            return _COMMIT
         self.phase = Phase.WAITING_BODY
-        return Step(Act.READ_FIRST)
+        return _READ_FIRST
 
     def first_bytes(self) -> Step:
         """The first body chunk arrived, or the body ended, within the window: commit."""
         self._expect(Phase.WAITING_BODY)
         self.phase = Phase.COMMITTED
-        return Step(Act.COMMIT)
+        return _COMMIT
 
     def failed(self, failure: Failure, can_pick: Callable[[int], bool]) -> Step:
         """The attempt failed before commit (a time-out, a connect error, an abort)."""
@@ -239,7 +251,7 @@ class Exchange:
 
     def _failed(self, reason: str, outcome: Outcome, can_pick: Callable[[int], bool]) -> Step:
         self.failure = reason
-        if self.may_retry:
+        if self.may_retry(can_pick):
             self.retries = (*self.retries, reason)
             self.phase = Phase.IDLE
             step = self._advance(can_pick)
@@ -261,16 +273,16 @@ class Exchange:
         """The committed response ended normally."""
         self._expect(Phase.COMMITTED)
         self.phase = Phase.DONE
-        return Step(Act.FINISH, status_outcome(self.status))
+        return _FINISH[status_outcome(self.status)]
 
     def client_gone(self) -> Step:
         """The client hung up: it says nothing about the upstream (499)."""
         self.phase = Phase.DONE
-        return Step(Act.ABANDON, Outcome.CANCELLED)
+        return _ABANDON
 
     def _cut(self, outcome: Outcome) -> Step:
         self.phase = Phase.DONE
-        return Step(Act.CUT, outcome)
+        return _CUT[outcome]
 
     def _expect(self, *phases: Phase) -> None:
         if self.phase not in phases:
