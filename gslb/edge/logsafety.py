@@ -59,6 +59,12 @@ REFUSALS: Final[dict[str, Refusal]] = {
     "bad_framing": Refusal(400, "malformed message framing (Content-Length/Transfer-Encoding)"),
     "bad_encoding": Refusal(400, "malformed content encoding"),
     "bad_request": Refusal(400, "malformed request"),
+    # The raw HTTP/1.1 listener's (gslb.edge.h1server) limits and framing rules.
+    "body_too_large": Refusal(413, "request body over the size limit"),
+    "slow_request": Refusal(408, "the request headers or body came too slowly"),
+    "expectation_failed": Refusal(417, "unsupported Expect"),
+    "unsupported_transfer_encoding": Refusal(501, "unsupported Transfer-Encoding"),
+    "method_not_supported": Refusal(501, "method not supported"),
     # Not the client's fault, but answered and logged the same careful way.
     "internal_error": Refusal(500, "internal error"),
     "handler_timeout": Refusal(504, "the request handler timed out"),
