@@ -2,10 +2,13 @@
 
 Two kinds of figures:
 
-* Event counters and histograms (requests, latencies, spills, retries, residency denials,
-  decision time, reloads, cordons, ejections), updated by the ``Observer`` hooks. Label
-  children are resolved once and cached in dicts keyed by the label tuple, so a request costs
-  a few dict lookups and ``inc``/``observe`` calls.
+* Event counters and histograms, updated by the ``Observer`` hooks. The per-request ones
+  (requests, TTFB, duration, decision time, spills, retries) are plain integers and bucket
+  arrays (``_Counts``, ``_Hists``): a request adds to a dict entry and bisects a bucket, with
+  no lock and no label lookup, and ``_EventCollector`` turns them into metric families only
+  when Prometheus scrapes (a test holds the page to what prometheus_client itself writes).
+  The rare ones (denials, reloads, cordons, ejections, refusals) stay prometheus_client
+  counters.
 * Live values (in-flight, routability, endpoint states, GeoIP lookup counts), read from the
   fleet at scrape time by ``FleetCollector``: the hot path does no gauge work at all.
 
@@ -25,14 +28,21 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gslb.core.fleet import FleetState
 from gslb.core.forward import RETRY_REASONS as FORWARD_RETRY_REASONS
@@ -44,6 +54,8 @@ from gslb.edge.logsafety import REASONS as REFUSAL_REASONS
 from gslb.ops.observe import RequestRecord
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# The "le" label as prometheus_client writes it ("0.005", "+Inf"); the library leaves it untyped.
+_le: Final = cast(Callable[[float], str], floatToGoString)
 
 # LLM inference: a first token takes from milliseconds (cached prefix) to tens of seconds
 # (long prompt, queued); a whole streamed completion can run for minutes.
@@ -156,6 +168,89 @@ class FleetCollector(Collector):
         return m
 
 
+class _Counts:
+    """A labelled counter as plain integers: the request path only adds to a dict entry.
+
+    prometheus_client's ``inc`` takes a lock and its child lookups cost microseconds; the
+    figures are turned into a metric family only when Prometheus scrapes.
+    """
+
+    __slots__ = ("created", "doc", "labels", "name", "values")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.values: dict[tuple[str, ...], int] = {}
+        self.created: dict[tuple[str, ...], float] = {}
+
+    def add(self, key: tuple[str, ...]) -> None:
+        values = self.values
+        if key in values:
+            values[key] += 1
+        else:  # a new series: once per label set, so a wall-clock read is fine here
+            values[key] = 1
+            self.created[key] = time.time()
+
+    def family(self) -> Metric:
+        m = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, value in self.values.items():
+            m.add_metric(list(key), value, created=self.created[key])
+        return m
+
+
+class _Hist:
+    """One histogram series as plain numbers: a bucket index by bisection, a count, a sum."""
+
+    __slots__ = ("bounds", "counts", "created", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = (*bounds, math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+class _Hists:
+    """A labelled histogram of ``_Hist`` series, exposed as one family at scrape time."""
+
+    __slots__ = ("bounds", "doc", "labels", "name", "series")
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], bounds: Sequence[float]):
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.bounds = tuple(float(b) for b in bounds)
+        self.series: dict[tuple[str, ...], _Hist] = {}
+
+    def get(self, key: tuple[str, ...]) -> _Hist:
+        hist = self.series.get(key)
+        if hist is None:
+            hist = self.series[key] = _Hist(self.bounds)
+        return hist
+
+    def family(self) -> Metric:
+        m = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        for key, hist in self.series.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip(hist.bounds, hist.counts, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), cumulative))
+            m.add_metric(list(key), buckets, hist.total)
+        return m
+
+
+class _EventCollector(Collector):
+    """The per-request families (``_Counts``, ``_Hists``), built at scrape time."""
+
+    def __init__(self, *families: _Counts | _Hists) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.family()
+
+
 class Metrics:
     """One worker's metrics: an ``Observer`` plus health/reload hooks, on its own registry."""
 
@@ -170,35 +265,39 @@ class Metrics:
         # Never the global registry: tests and several Metrics in one process must not clash.
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
-        self._requests = Counter(
+        # Per request: plain integers, turned into families at scrape time (_EventCollector).
+        self._requests = _Counts(
             "gslb_requests",
             "Requests answered, by region served (none: gslb answered), route and status class.",
             ["region", "route", "code"],
-            registry=reg,
         )
-        self._ttfb = Histogram(
+        self._ttfb = _Hists(
             "gslb_ttfb_seconds",
             "Time from sending upstream to the first response byte.",
             ["region"],
-            buckets=TTFB_BUCKETS,
-            registry=reg,
+            TTFB_BUCKETS,
         )
-        self._duration = Histogram(
+        self._duration = _Hists(
             "gslb_request_duration_seconds",
             "Whole request time, as gslb saw it.",
             ["region"],
-            buckets=DURATION_BUCKETS,
-            registry=reg,
+            DURATION_BUCKETS,
         )
-        self._spills = Counter(
+        self._spills = _Counts(
             "gslb_spills",
             "Requests spilled from their home region to another.",
             ["from_region", "to_region"],
-            registry=reg,
         )
-        self._retries = Counter(
-            "gslb_retries", "Upstream attempts retried, by reason.", ["reason"], registry=reg
+        self._retries = _Counts("gslb_retries", "Upstream attempts retried, by reason.", ["reason"])
+        self._decision = _Hists(
+            "gslb_decision_seconds", "Time the router took to decide.", [], DECISION_BUCKETS
         )
+        reg.register(
+            _EventCollector(
+                self._requests, self._ttfb, self._duration, self._spills, self._retries,
+                self._decision,
+            )
+        )  # fmt: skip
         self._residency = Counter(
             "gslb_residency_denied",
             "Requests refused because every region a residency rule allows was unavailable.",
@@ -214,12 +313,6 @@ class Metrics:
         )
         # Every cause exists from the start: a rate() alert sees 0, not a missing series.
         self._denied_children = {cause: denied.labels(cause) for cause in DENIAL_CAUSES}
-        self._decision = Histogram(
-            "gslb_decision_seconds",
-            "Time the router took to decide.",
-            buckets=DECISION_BUCKETS,
-            registry=reg,
-        )
         self._reloads = Counter(
             "gslb_config_reloads", "Config reloads, by result.", ["result"], registry=reg
         )
@@ -247,11 +340,10 @@ class Metrics:
             False: self._reloads.labels("error"),
         }
         reg.register(FleetCollector(fleet, geoip_stats, clock))
-        self._observe_decision = self._decision.observe
-        self._req_children: dict[tuple[str, str, str], Counter] = {}
-        self._latency_children: dict[str, tuple[Histogram, Histogram]] = {}
-        self._spill_children: dict[tuple[str, str], Counter] = {}
-        self._retry_children: dict[str, Counter] = {}
+        self._observe_decision = self._decision.get(()).observe
+        # The route label of each (region, route, code) seen, capped (see _route_label).
+        self._request_keys: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._latency_series: dict[str, tuple[_Hist, _Hist]] = {}
         self._rule_children: dict[str, Counter] = {}
         self._routes: set[str] = set()
 
@@ -260,18 +352,23 @@ class Metrics:
     def request_done(self, record: RequestRecord) -> None:
         region = record.region or NO_REGION
         key = (region, record.route, status_class(record.status))
-        child = self._req_children.get(key)
-        if child is None:
-            child = self._req_children[key] = self._requests_child(key)
-        child.inc()
-        ttfb, duration = self._latency(region)
+        label = self._request_keys.get(key)
+        if label is None:
+            label = self._request_keys[key] = self._request_label(key)
+        self._requests.add(label)
+        series = self._latency_series.get(region)
+        if series is None:
+            series = self._latency_series[region] = (
+                self._ttfb.get((region,)),
+                self._duration.get((region,)),
+            )
         if record.ttfb_s is not None:
-            ttfb.observe(record.ttfb_s)
-        duration.observe(record.duration_s)
+            series[0].observe(record.ttfb_s)
+        series[1].observe(record.duration_s)
         if record.route == REASONS[SPILL] and record.spilled_from:
-            self._spill(record.spilled_from, region)
+            self._spills.add((record.spilled_from, region))
         for reason in record.retries:
-            self._retry(reason)
+            self._retries.add((retry_reason(reason),))
 
     def decision_made(self, seconds: float) -> None:
         self._observe_decision(seconds)
@@ -317,38 +414,15 @@ class Metrics:
 
     # -- label children ------------------------------------------------------------------------
 
-    def _requests_child(self, key: tuple[str, str, str]) -> Counter:
+    def _request_label(self, key: tuple[str, str, str]) -> tuple[str, str, str]:
+        """The label set for a request key; routes past MAX_ROUTES become ``other``."""
         region, route, code = key
         if route not in self._routes:
             if len(self._routes) >= MAX_ROUTES:
                 route = OTHER
             else:
                 self._routes.add(route)
-        return self._requests.labels(region, route, code)
-
-    def _latency(self, region: str) -> tuple[Histogram, Histogram]:
-        pair = self._latency_children.get(region)
-        if pair is None:
-            pair = (self._ttfb.labels(region), self._duration.labels(region))
-            self._latency_children[region] = pair
-        return pair
-
-    def _spill(self, from_region: str, to_region: str) -> None:
-        key = (from_region, to_region)
-        child = self._spill_children.get(key)
-        if child is None:
-            child = self._spill_children[key] = self._spills.labels(from_region, to_region)
-        child.inc()
-
-    def _retry(self, reason: str) -> None:
-        child = self._retry_children.get(reason)
-        if child is None:
-            # Cached under the label, not the raw reason: unknown reasons would grow the dict.
-            label = retry_reason(reason)
-            child = self._retry_children.get(label)
-            if child is None:
-                child = self._retry_children[label] = self._retries.labels(label)
-        child.inc()
+        return (region, route, code)
 
 
 # --------------------------------------------------------------------------- merging workers

@@ -375,3 +375,28 @@ def test_merge_nan_does_not_poison_sum() -> None:
 
 def test_merge_empty() -> None:
     assert merge_expositions([]) == b""
+
+
+def test_plain_per_request_figures_match_prometheus_clients_own(metrics: Metrics) -> None:
+    # The request path keeps plain integers (no lock, no child lookup); the page at scrape time
+    # must read exactly as prometheus_client's own Histogram and Counter would have written it.
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from gslb.ops.metrics import TTFB_BUCKETS
+
+    reference = CollectorRegistry(auto_describe=False)
+    ttfb = Histogram("gslb_ttfb_seconds", "x", ["region"], buckets=TTFB_BUCKETS, registry=reference)
+    requests = Counter("gslb_requests", "x", ["region", "route", "code"], registry=reference)
+    edges = [0.005, 0.0050001, 0.01, 59.9, 60, 61, 1e9, 0.0]  # on, just past and beyond bounds
+    for seconds in edges:
+        metrics.request_done(rec(ttfb_s=seconds))
+        ttfb.labels("us-east").observe(seconds)
+        requests.labels("us-east", "local", "2xx").inc()
+    ours, theirs = samples(metrics.exposition()), samples(generate_latest(reference))
+    for name in ("gslb_ttfb_seconds_bucket", "gslb_ttfb_seconds_count", "gslb_ttfb_seconds_sum"):
+        mine = {k: v for k, v in ours.items() if k[0] == name}
+        ref = {k: v for k, v in theirs.items() if k[0] == name}
+        assert mine == ref and mine, name
+    key = ("gslb_requests_total", (("code", "2xx"), ("region", "us-east"), ("route", "local")))
+    assert ours[key] == theirs[key] == len(edges)
+    assert types(metrics.exposition())["gslb_ttfb_seconds"] == "histogram"
