@@ -14,6 +14,7 @@ from typing import Final
 
 from gslb.core import _scoring_py, scoring
 from gslb.core.config import Config
+from gslb.core.forward import ClientError
 from gslb.core.geo import Location
 from gslb.core.latency import LatencyModel
 from gslb.core.policy import Placement, RequestFacts
@@ -76,6 +77,12 @@ class Denial:
     cause: str
     rules: tuple[str, ...]
     message: str
+
+    @property
+    def error(self) -> ClientError:
+        """The 503 the client gets: its own code when it could not be placed."""
+        code = "client_unplaceable" if self.cause == UNPLACEABLE else "no_eligible_region"
+        return ClientError(503, code, self.message, retry_after="5")
 
 
 class Router:

@@ -232,16 +232,22 @@ class RequestCycle:
 
     # ----------------------------------------------------------------- the response
 
-    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """The whole response in one write. A no-op when the request was already aborted."""
+    def _begin(self, status: int) -> bool:
+        """Mark the response started; False when the request was aborted (nothing to send)."""
         if self._error is not None:  # aborted: gslb answered already, or the client left
             self.started = self.ended = True
-            return
+            return False
         if self.started:
             raise RuntimeError("the response has already started")
         if status < 200:
             raise ValueError("a final response is 2xx-5xx; 101 goes through detach()")
         self.started = True
+        return True
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The whole response in one write. A no-op when the request was already aborted."""
+        if not self._begin(status):
+            return
         framing = self._frame(status, headers, len(body))
         self.ended = True
         self._conn._write(framing.head + body if framing.body and body else framing.head)
@@ -251,14 +257,8 @@ class RequestCycle:
         """Start a streamed response. Framing follows the headers: the application's
         Content-Length if it gives one, else chunked (close-delimited for HTTP/1.0). The
         head goes out with the first ``send`` (``send(b"")`` sends it alone) or ``end``."""
-        if self._error is not None:  # aborted: gslb answered already, or the client left
-            self.started = self.ended = True
+        if not self._begin(status):
             return
-        if self.started:
-            raise RuntimeError("the response has already started")
-        if status < 200:
-            raise ValueError("a final response is 2xx-5xx; 101 goes through detach()")
-        self.started = True
         self._framing = self._frame(status, headers, None)
         self._pending_head = self._framing.head
 

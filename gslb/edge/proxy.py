@@ -32,10 +32,17 @@ from multidict import CIMultiDict
 from gslb.core.clientip import client_ip, parse_ip, truncate_ip
 from gslb.core.config import CLIENT_IP_FULL, CLIENT_IP_NONE
 from gslb.core.fleet import EndpointState
-from gslb.core.forward import OVERLOADED, Act, ClientError, Exchange, Failure, Step
+from gslb.core.forward import (
+    OVERLOADED,
+    Act,
+    ClientError,
+    Exchange,
+    Failure,
+    Step,
+    body_too_large,
+)
 from gslb.core.headers import downstream_headers, upstream_headers, valid_request_id
 from gslb.core.policy import BadControlHeader, facts_from_headers
-from gslb.core.router import UNPLACEABLE
 from gslb.core.scoring import REASONS, SPILL
 from gslb.edge.geoip import GeoIP
 from gslb.edge.logsafety import where_it_failed
@@ -134,6 +141,7 @@ class Proxy:
         self._rid_prefix = secrets.token_hex(4)
         self._fd_warned_at = -1e9
         self._rid_counter = 0
+        self._can_pick: tuple[Runtime, Callable[[int], bool]] | None = None
 
     # -- entry point ----------------------------------------------------------------------------
 
@@ -214,8 +222,7 @@ class Proxy:
         if decision.region is None:
             denial = rt.router.denial(facts, rt.fleet.view)
             self.observer.denied(denial.cause, denial.rules)
-            code = "client_unplaceable" if denial.cause == UNPLACEABLE else "no_eligible_region"
-            raise GslbError(503, code, denial.message, {"Retry-After": "5"})
+            raise answer(denial.error)
         if decision.reason == SPILL_REASON:
             st.spilled_from = decision.home
         headers = upstream_headers(
@@ -235,7 +242,7 @@ class Proxy:
     async def _read_body(self, request: web.Request, replay: int, limit: int) -> Body:
         length = request.content_length
         if length is not None and length > limit:
-            raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+            raise answer(body_too_large(limit))
         if not request.body_exists:
             return Body(b"", length=length)
         buf = bytearray()
@@ -246,7 +253,7 @@ class Proxy:
                 return Body(bytes(buf), length=length)
             buf += chunk
             if len(buf) > limit:
-                raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+                raise answer(body_too_large(limit))
         # Too big to keep for a retry: stream the rest straight through.
         return Body(bytes(buf), stream=content, length=length)
 
@@ -313,9 +320,19 @@ class Proxy:
         return step
 
     def can_pick_for(self, rt: Runtime) -> Callable[[int], bool]:
-        """Whether a region has an endpoint to try now: the exchange plans retries with it."""
+        """Whether a region has an endpoint to try now: the exchange plans retries with it.
+
+        Built once per runtime (a reload makes a new one), not per request."""
+        cached = self._can_pick
+        if cached is not None and cached[0] is rt:
+            return cached[1]
         fleet, clock = rt.fleet, self.clock
-        return lambda region: fleet.can_pick(region, clock())
+
+        def can_pick(region: int) -> bool:
+            return fleet.can_pick(region, clock())
+
+        self._can_pick = (rt, can_pick)
+        return can_pick
 
     async def _attempt(
         self,
@@ -487,7 +504,7 @@ class Proxy:
             st.bytes_in = total
             if total > limit:
                 body.overflow = True
-                raise GslbError(413, "body_too_large", f"request body over {limit} bytes")
+                raise answer(body_too_large(limit))
             yield chunk
 
     # -- websockets ----------------------------------------------------------------------------
