@@ -87,6 +87,12 @@ class ServerConfig:
     max_headers: int = 100
     keepalive_timeout_s: float = 75.0
     header_timeout_s: float = 10.0
+    # A body gslb buffers (up to proxy.replay_buffer_bytes) must be in within this, in all.
+    body_timeout_s: float = 60.0
+    # Any body must keep up this rate (bytes/s) once the grace is over (mod_reqtimeout's
+    # MinRate): a client that trickles a byte a second is never idle, yet it is cut.
+    min_upload_rate: float = 1024.0
+    min_upload_grace_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +209,9 @@ class ProxyConfig:
     region_header: str = "X-GSLB-Region"
     route_header: str = "X-GSLB-Route"
     via: str = "gslb"
-    pool_size_per_endpoint: int = 256
+    # Open connections per endpoint (and worker); requests beyond wait for one, up to the
+    # TTFB deadline. Each client connection holds at most one, so max_connections suffices.
+    pool_size_per_endpoint: int = 4096
     keepalive_timeout_s: float = 30.0
 
 
@@ -463,6 +471,9 @@ def _server(t: _Table) -> ServerConfig:
         max_headers=t.get("max_headers", _ranged(_int, 8, 10000), d.max_headers),
         keepalive_timeout_s=t.get("keepalive_timeout_s", pos, d.keepalive_timeout_s),
         header_timeout_s=t.get("header_timeout_s", pos, d.header_timeout_s),
+        body_timeout_s=t.get("body_timeout_s", pos, d.body_timeout_s),
+        min_upload_rate=t.get("min_upload_rate", _ranged(_num, 0), d.min_upload_rate),
+        min_upload_grace_s=t.get("min_upload_grace_s", _ranged(_num, 0), d.min_upload_grace_s),
     )
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError(t.key_path("tls_cert"), "tls_cert and tls_key must be set together")

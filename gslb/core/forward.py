@@ -50,14 +50,22 @@ class Failure(enum.Enum):
     TTFT_TIMEOUT = "ttft_timeout"  # a head, but no first body byte within the window
     ABORTED = "upstream_aborted"  # the upstream closed or broke the response before commit
     OUT_OF_FILES = "out_of_files"  # our own descriptor limit: not the upstream's fault
-    BODY_TOO_LARGE = "body_too_large"  # the client's streamed upload passed max_body_bytes
+    # Every connection of the endpoint's pool stayed busy until the deadline: gslb's own
+    # limit. Retried elsewhere like a time-out, but no health penalty: the endpoint is fine.
+    POOL_TIMEOUT = "pool_timeout"
 
 
 # Every retry reason an exchange can produce: bounded, for the retries metric.
 RETRY_REASONS: Final = frozenset(
     {
         f.value
-        for f in (Failure.CONNECT_ERROR, Failure.TIMEOUT, Failure.TTFT_TIMEOUT, Failure.ABORTED)
+        for f in (
+            Failure.CONNECT_ERROR,
+            Failure.TIMEOUT,
+            Failure.TTFT_TIMEOUT,
+            Failure.ABORTED,
+            Failure.POOL_TIMEOUT,
+        )
     }
     | {f"http_{status}" for status in RETRYABLE_STATUS}
 )
@@ -87,10 +95,9 @@ OVERLOADED: Final = ClientError(503, "overloaded", "the proxy is at its connecti
 UPSTREAM_TIMEOUT: Final = ClientError(
     504, "upstream_timeout", "the upstream did not answer in time"
 )
-
-
-def body_too_large(limit: int) -> ClientError:
-    return ClientError(413, "body_too_large", f"request body over {limit} bytes")
+UPSTREAM_BUSY: Final = ClientError(
+    503, "upstream_busy", "every allowed endpoint's connections stayed busy", "1"
+)
 
 
 class Act(enum.Enum):
@@ -135,12 +142,10 @@ class Exchange:
 
     ``order`` holds the decision's region indexes, the chosen one first.
     ``replayable``: the whole request body is buffered, so it can be sent again.
-    ``body_limit``: ``proxy.max_body_bytes``, for the 413 of a streamed upload that passes it.
     """
 
     __slots__ = (
         "attempts",
-        "body_limit",
         "failure",
         "max_attempts",
         "order",
@@ -151,11 +156,8 @@ class Exchange:
         "status",
     )
 
-    def __init__(
-        self, order: tuple[int, ...], max_attempts: int, replayable: bool, body_limit: int = 0
-    ) -> None:
+    def __init__(self, order: tuple[int, ...], max_attempts: int, replayable: bool) -> None:
         self.order = order
-        self.body_limit = body_limit
         self.max_attempts = max_attempts
         self.replayable = replayable
         self.phase = Phase.IDLE
@@ -212,6 +214,8 @@ class Exchange:
             return NO_ENDPOINT
         if self.failure in (Failure.TIMEOUT.value, Failure.TTFT_TIMEOUT.value):
             return UPSTREAM_TIMEOUT
+        if self.failure == Failure.POOL_TIMEOUT.value:
+            return UPSTREAM_BUSY
         return ClientError(502, "upstream_unavailable", f"the upstream failed: {self.failure}")
 
     # -- events of an attempt ------------------------------------------------------------------
@@ -244,12 +248,11 @@ class Exchange:
         if failure is Failure.OUT_OF_FILES:
             self.phase = Phase.DONE  # our own limit: no health penalty, no retry
             return Step(Act.ANSWER, error=OVERLOADED)
-        if failure is Failure.BODY_TOO_LARGE:
-            self.phase = Phase.DONE
-            return Step(Act.ANSWER, error=body_too_large(self.body_limit))
-        return self._failed(failure.value, _FAILURE_OUTCOME[failure], can_pick)
+        return self._failed(failure.value, _FAILURE_OUTCOME.get(failure), can_pick)
 
-    def _failed(self, reason: str, outcome: Outcome, can_pick: Callable[[int], bool]) -> Step:
+    def _failed(
+        self, reason: str, outcome: Outcome | None, can_pick: Callable[[int], bool]
+    ) -> Step:
         self.failure = reason
         if self.may_retry(can_pick):
             self.retries = (*self.retries, reason)

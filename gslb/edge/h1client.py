@@ -47,6 +47,7 @@ from gslb.core.h1client_rules import (
 )
 
 _OUT_OF_FILES: Final = frozenset({errno.EMFILE, errno.ENFILE})
+_NEVER: Final = float("inf")
 
 # --------------------------------------------------------------------------- errors
 
@@ -81,11 +82,19 @@ class UpstreamTimeout(UpstreamError):
 
 
 class PoolTimeout(UpstreamTimeout):
+    """Every connection of the endpoint's pool stayed busy: gslb's own limit, which says
+    nothing about the endpoint's health."""
+
+    failure = Failure.POOL_TIMEOUT
     message = "no pooled connection free before the deadline"
 
 
 class HeadTimeout(UpstreamTimeout):
     message = "no response head before the deadline"
+
+
+class FirstByteTimeout(UpstreamTimeout):
+    message = "no first body byte before the deadline"
 
 
 class AbortedBeforeHead(UpstreamError):
@@ -192,11 +201,13 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "_loop",
         "body_done",
+        "body_seen",
         "buf",
         "buffered",
         "deadline",
         "drain_waiter",
         "error",
+        "first_due",
         "framed",
         "gen",
         "head_fut",
@@ -272,6 +283,8 @@ class _Conn(asyncio.Protocol):
         self.read_waiter: asyncio.Future[None] | None = None
         self.error: UpstreamError | None = None
         self.tail = b""
+        self.body_seen = False
+        self.first_due = _NEVER
 
     # ---------------------------------------------------------------- transport callbacks
 
@@ -392,6 +405,7 @@ class _Conn(asyncio.Protocol):
         if self.body_done:  # a body after HEAD's head: out of step
             self.keep = False
             raise _Extra
+        self.body_seen = True
         self.buf.append(data)
         self.buffered += len(data)
         if self.buffered > self.limits.read_high_water and not self.read_paused:
@@ -476,6 +490,9 @@ class _Conn(asyncio.Protocol):
             return
         if self.body_done or self.status == 101:
             return
+        if not self.body_seen and now >= self.first_due:
+            self.fail(FirstByteTimeout())
+            return
         if self.read_paused or self.rx != self.rx_mark:
             # New bytes, or silence that is ours (the reader lags): the clock restarts.
             self.rx_mark = self.rx
@@ -504,6 +521,7 @@ class _Conn(asyncio.Protocol):
         deadline: float,
         upgrade: bool,
         idle_timeout_s: float | None,
+        first_byte: bool = False,
     ) -> UpstreamResponse:
         transport = self.transport
         if self.state == _CLOSED or transport is None or transport.is_closing():
@@ -524,6 +542,7 @@ class _Conn(asyncio.Protocol):
         self.head_req = method == b"HEAD"
         self.upgrade_ok = upgrade
         self.deadline = deadline
+        self.first_due = deadline if first_byte else _NEVER
         self.idle_timeout_s = (
             self.limits.idle_timeout_s if idle_timeout_s is None else idle_timeout_s
         )
@@ -717,6 +736,7 @@ class _Pool:
         self.waiters: deque[tuple[float, asyncio.Future[_Conn | None]]] = deque()
         self.connecting: dict[asyncio.Task[Any], tuple[float, type[UpstreamError]]] = {}
         self.timed_out: dict[asyncio.Task[Any], UpstreamError] = {}
+        self.retired = False  # replaced by a reload: no connection goes back to idle
 
     # ---------------------------------------------------------------- acquire
 
@@ -839,6 +859,9 @@ class _Pool:
                 conn.gen += 1
                 fut.set_result(conn)  # stays busy: it is the waiter's now
                 return
+        if self.retired:
+            self.discard(conn)
+            return
         self.busy.discard(conn)
         conn._reset()
         conn.gen += 1
@@ -918,6 +941,16 @@ class _Pool:
     def stats(self) -> PoolStats:
         return PoolStats(open=self.open, idle=len(self.idle), waiting=len(self.waiters))
 
+    def retire(self) -> None:
+        """Take no more requests: waiters go on waiting for busy connections of this pool,
+        which close instead of idling once the last waiter is served."""
+        self.retired = True
+        for conn in list(self.idle):
+            del self.idle[conn]
+            conn.state = _CLOSED
+            self.open -= 1
+            self._close_transport(conn)
+
     def close(self) -> None:
         for _, fut in self.waiters:
             if not fut.done():
@@ -949,6 +982,7 @@ class UpstreamPools:
         self.closed = False
         self.stale_retries = 0  # a plain counter: exposed by a collector at scrape time
         self._pools: dict[str, _Pool] = {}
+        self._retired: list[_Pool] = []  # replaced by a reload, with exchanges in flight
         self._timer: asyncio.TimerHandle | None = None
         self._default_ctx: ssl.SSLContext | None = None
         self._insecure_ctx: ssl.SSLContext | None = None
@@ -964,11 +998,14 @@ class UpstreamPools:
         deadline: float,
         upgrade: bool = False,
         idle_timeout_s: float | None = None,
+        first_byte: bool = False,
     ) -> UpstreamResponse:
         """Send one request to ``origin``; the response once its head is in.
 
         ``deadline`` (loop time) bounds the wait for a pooled connection, the connect, the
-        upload and the head. Raises an ``UpstreamError`` subclass, or what ``body`` raised.
+        upload and the head; with ``first_byte``, also the first body byte (the proxy's
+        commit window), after which ``read`` raises ``FirstByteTimeout``. Raises an
+        ``UpstreamError`` subclass, or what ``body`` raised.
         """
         if self.closed:
             raise PoolClosed()
@@ -980,7 +1017,7 @@ class UpstreamPools:
             conn = await pool.acquire(deadline, retried)
             try:
                 return await conn.exchange(
-                    method, target, headers, body, deadline, upgrade, idle_timeout_s
+                    method, target, headers, body, deadline, upgrade, idle_timeout_s, first_byte
                 )
             except _NotSent:
                 continue  # nothing was sent: not a retry
@@ -1011,6 +1048,21 @@ class UpstreamPools:
             self._insecure_ctx = ctx
         return self._insecure_ctx
 
+    def reconfigure(self, limits: PoolLimits, ssl_for: SslFor, keep: Callable[[str], bool]) -> None:
+        """New limits and TLS settings (a reload). Pools for which ``keep(origin)`` is false
+        (an endpoint that left the config, or whose TLS settings changed), and every pool when
+        the limits changed, are retired: their idle connections close now, their busy ones
+        when their exchange ends, and a later request to that origin opens a new pool."""
+        changed = limits != self.limits
+        self.limits = limits
+        self.ssl_for = ssl_for
+        for origin in list(self._pools):
+            if changed or not keep(origin):
+                pool = self._pools.pop(origin)
+                pool.retire()
+                if pool.alive:  # its busy connections still need the sweep's deadlines
+                    self._retired.append(pool)
+
     def stats(self, origin: str) -> PoolStats:
         pool = self._pools.get(origin)
         return pool.stats() if pool is not None else PoolStats(0, 0, 0)
@@ -1032,6 +1084,11 @@ class UpstreamPools:
         for pool in self._pools.values():
             pool.sweep(now)
             alive = alive or pool.alive
+        if self._retired:
+            for pool in self._retired:
+                pool.sweep(now)
+            self._retired = [pool for pool in self._retired if pool.alive]
+            alive = alive or bool(self._retired)
         if alive:
             self.arm()
 
@@ -1041,5 +1098,5 @@ class UpstreamPools:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for pool in self._pools.values():
+        for pool in (*self._pools.values(), *self._retired):
             pool.close()

@@ -2,11 +2,14 @@
 
 One ``_Connection`` per socket parses requests as bytes arrive and queues them; ONE task per
 connection hands them to the application in order (pipelined requests wait their turn, their
-bytes kept), one ``RequestCycle`` each. No task, timer or timeout context per request: each
-connection holds at most one deadline (headers, idle keep-alive, a slow body, lingering
-after a refusal, an upgraded stream's idle time) and one sweep per listener closes overdue
-connections every ``ServerLimits.sweep_s``. Deadlines are armed from the sweep's own coarse
-clock (no clock read per request), so each fires within ``sweep_s`` of its time.
+bytes kept), one ``RequestCycle`` each. A client that leaves before its response ended
+cancels that task, so what the handler awaits for it (an upstream) is given up at once.
+
+No task, timer or timeout context per request: each connection holds at most one deadline
+(headers, idle keep-alive, a slow body, lingering after a refusal, an upgraded stream's idle
+time) and one sweep per listener closes overdue connections every ``ServerLimits.sweep_s``.
+Deadlines are armed from the sweep's own coarse clock (no clock read per request), so each
+fires within ``sweep_s`` of its time.
 
 Deadlines, precisely: a new connection's first request head must be in within
 ``header_timeout_s`` of the accept (after the TLS handshake, itself bounded by the same
@@ -112,6 +115,7 @@ class RequestCycle:
         "headers",
         "keep_alive",
         "method",
+        "method_bytes",
         "peer",
         "started",
         "target",
@@ -135,6 +139,7 @@ class RequestCycle:
     ) -> None:
         self._conn = conn
         self.method = method
+        self.method_bytes = method.encode("ascii")  # as it goes upstream, once per request
         self.target = target  # raw, byte-exact: never normalised
         self.version = version
         self.headers = headers  # raw, in order
@@ -203,6 +208,23 @@ class RequestCycle:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def prefix(self, limit: int) -> tuple[bytes, bool]:
+        """The body if it is at most ``limit`` bytes, buffered (bounded in total time by
+        ``body_timeout_s``, like ``body()``), and True; else its first bytes (over ``limit``)
+        and False: the rest is for ``read`` to stream, bounded by the minimum rate only."""
+        if not self._complete and self._total_deadline == _INF:
+            self._total_deadline = self._conn.server.now + self._conn.limits.body_timeout_s
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            data = await self.read()
+            if not data:
+                return b"".join(parts), True
+            parts.append(data)
+            size += len(data)
+        self._total_deadline = _INF
+        return b"".join(parts), False
 
     async def body(self) -> bytes:
         """The whole body, buffered: bounded by ``max_body_bytes`` and, in total time, by
@@ -365,6 +387,11 @@ class Detached:
         if not self._conn.lost and data:
             self._active = True
             self._conn._write(data)
+
+    @property
+    def write_paused(self) -> bool:
+        """The client's write buffer is over its high mark: it does not read."""
+        return self._conn.write_paused
 
     async def drain(self) -> None:
         """Wait while the client does not read what ``write`` sent."""
@@ -563,6 +590,11 @@ class _Connection(asyncio.Protocol):
             self.upgrading._wake()
         if self.detached is not None:
             self.detached._wake()
+        current, runner = self.current, self.runner
+        if current is not None and not current.ended and runner is not None:
+            # The client left mid-request: whatever its handler awaits (an upstream's head,
+            # a body) is cancelled now, not when it next touches this connection.
+            runner.cancel()
         self._wake_runner()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
@@ -631,7 +663,7 @@ class _Connection(asyncio.Protocol):
             raise _Refuse("bad_request_line")
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
-            raise _Refuse("method_not_supported")
+            raise _Refuse("method_not_allowed")
         reason = transfer_encoding_reason(self.te, version)
         if reason is not None:
             raise _Refuse(reason)
@@ -1016,6 +1048,11 @@ class H1Server:
             s.close()
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.limits.sweep_s, self._sweep)
+
+    def set_limits(self, limits: ServerLimits) -> None:
+        """New limits (a reload) for connections accepted from now on."""
+        self.limits = limits
+        self.head_budget = limits.head_budget()
 
     async def set_ssl(self, ctx: ssl_.SSLContext | None) -> None:
         """New handshakes use ``ctx``; connections already open keep theirs."""

@@ -1,14 +1,11 @@
 """Nothing a client sends reaches a log: refusal codes, a rate-limited refusal log, redaction.
 
-A malformed request is refused by gslb itself (``gslb.edge.limits`` holds the aiohttp glue): the
-client gets a JSON 4xx built here, the refusal is counted by reason, and one log line says
-what happened without a byte of the request in it. Three parts, none tied to a server library
-(the data plane is to move off aiohttp), so this module imports none:
+A malformed request is refused by gslb itself (the listener, ``gslb.edge.h1server``, maps the
+parser's error to a reason code with ``gslb.core.h1framing.parser_reason``, never copying its
+text, which may quote request bytes): the client gets a JSON 4xx built here, the refusal is
+counted by reason and written to the access log, and one log line says what happened without
+a byte of the request in it. Two parts, neither tied to a server library:
 
-* ``classify``: the parser's exception -> a short reason code, from the exception's class
-  (and, for the C parser's one generic class, from the fixed phrase its message opens
-  with). The text of the exception is never copied anywhere: parsers quote the offending
-  bytes in it (credentials, cookies, query strings, bodies).
 * ``RefusalLog``: at most a burst and then a few lines per second, and a periodic summary
   of the lines it held back, so a client cannot flood the log.
 * ``RedactLibraryRecords``: a filter for every log handler gslb installs. A record from a
@@ -53,89 +50,20 @@ REFUSALS: Final[dict[str, Refusal]] = {
     "bad_method": Refusal(400, "not an HTTP request"),
     "request_line_too_long": Refusal(414, "request line over the size limit"),
     "header_too_large": Refusal(431, "a request header is over the size limit"),
-    "line_too_long": Refusal(431, "a request line or header is over the size limit"),
     "too_many_headers": Refusal(431, "too many request headers"),
     "bad_header": Refusal(400, "malformed request header"),
     "bad_framing": Refusal(400, "malformed message framing (Content-Length/Transfer-Encoding)"),
-    "bad_encoding": Refusal(400, "malformed content encoding"),
     "bad_request": Refusal(400, "malformed request"),
-    # The raw HTTP/1.1 listener's (gslb.edge.h1server) limits and framing rules.
     "body_too_large": Refusal(413, "request body over the size limit"),
     "slow_request": Refusal(408, "the request headers or body came too slowly"),
     "expectation_failed": Refusal(417, "unsupported Expect"),
     "unsupported_transfer_encoding": Refusal(501, "unsupported Transfer-Encoding"),
-    "method_not_supported": Refusal(501, "method not supported"),
+    "method_not_allowed": Refusal(405, "method not allowed: gslb is not a forward proxy"),
     # Not the client's fault, but answered and logged the same careful way.
     "internal_error": Refusal(500, "internal error"),
     "handler_timeout": Refusal(504, "the request handler timed out"),
 }
 REASONS: Final = frozenset(REFUSALS)
-
-# Exception classes (by name: this module imports no server library) -> code. Looked up along
-# the class's MRO, most specific first, so a subclass a parser adds later still maps.
-_BY_CLASS: Final[dict[str, str]] = {
-    "BadHttpMethod": "bad_method",
-    "BadStatusLine": "bad_request_line",
-    "InvalidURLError": "bad_request_line",
-    "LineTooLong": "line_too_long",
-    "InvalidHeader": "bad_header",
-    "ContentLengthError": "bad_framing",
-    "TransferEncodingError": "bad_framing",
-    "ContentEncodingError": "bad_encoding",
-    "PayloadEncodingError": "bad_framing",
-}
-# aiohttp's C parser (llhttp) reports most errors under the generic BadHttpMessage, whose
-# message opens with llhttp's fixed reason phrase ("Invalid header token", "Invalid character
-# in chunk size", ...) before the quoted bytes. Only that opening phrase is looked at, and only
-# to pick one of the codes above: the text itself never leaves this function. First match wins.
-_GENERIC: Final = frozenset({"BadHttpMessage", "HttpBadRequest", "HttpProcessingError"})
-_BY_PHRASE: Final[tuple[tuple[str, str], ...]] = (
-    ("too many", "too_many_headers"),
-    ("chunk", "bad_framing"),
-    ("content-length", "bad_framing"),
-    ("transfer-encoding", "bad_framing"),
-    ("data after", "bad_framing"),
-    ("eof", "bad_framing"),
-    ("header", "bad_header"),
-    ("url", "bad_request_line"),
-    ("method", "bad_request_line"),
-    ("version", "bad_request_line"),
-    ("start line", "bad_request_line"),
-    ("http/", "bad_request_line"),
-)
-_PHRASE_MAX: Final = 80
-
-
-def classify(exc: BaseException | None, *, request_line: bool | None = None) -> str:
-    """The reason code for a parser error (one of ``REASONS``).
-
-    ``request_line`` tells an over-long request line (True) from an over-long header (False)
-    when the caller knows; the parser's own exception does not say which it was.
-    """
-    if exc is None:
-        return "bad_request"
-    for cls in type(exc).__mro__:
-        code = _BY_CLASS.get(cls.__name__)
-        if code == "line_too_long" and request_line is not None:
-            return "request_line_too_long" if request_line else "header_too_large"
-        if code is not None:
-            return code
-        if cls.__name__ in _GENERIC:
-            return _by_phrase(exc)
-    return "bad_request"
-
-
-def _by_phrase(exc: BaseException) -> str:
-    message = getattr(exc, "message", "")
-    if not isinstance(message, str):
-        return "bad_request"
-    # llhttp: "<phrase>:\n\n  <quoted bytes>\n  <pointer>"; aiohttp's own: one short line.
-    phrase = message.split(":\n", 1)[0].split("\n", 1)[0][:_PHRASE_MAX].lower()
-    for word, code in _BY_PHRASE:
-        if word in phrase:
-            return code
-    return "bad_request"
-
 
 # --------------------------------------------------------------------------- the refusal log
 
@@ -252,7 +180,7 @@ class Refusals:
         *,
         via: Callable[[], str],
         client_ip: Callable[[], str] = lambda: CLIENT_IP_TRUNCATED,
-        on_refused: Callable[[str], None] = lambda reason: None,
+        on_refused: Callable[[Answer, str | None], None] = lambda answer, client: None,
     ) -> None:
         self.log = refusal_log
         self.via = via
@@ -270,8 +198,8 @@ class Refusals:
             reason = "bad_request"
         refusal = REFUSALS[reason]
         rid = self.new_request_id()
-        self.on_refused(reason)
-        self.log.refused(reason, rid, refusal.status, self._client(peer))
+        client = self._client(peer)
+        self.log.refused(reason, rid, refusal.status, client)
         body = orjson.dumps({"error": reason, "message": refusal.message, "request_id": rid})
         headers = {
             "X-Request-Id": rid,
@@ -279,7 +207,9 @@ class Refusals:
             "Connection": "close",
             "Content-Type": "application/json",
         }
-        return Answer(refusal.status, headers, body, reason, rid)
+        answer = Answer(refusal.status, headers, body, reason, rid)
+        self.on_refused(answer, client)
+        return answer
 
     def _client(self, peer: str | None) -> str | None:
         if peer is None or self.client_ip() == CLIENT_IP_NONE:

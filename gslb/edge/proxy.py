@@ -1,7 +1,10 @@
-"""The data plane: an aiohttp handler that routes every request through the core and streams.
+"""The data plane's request handler: every request through the core, bytes through raw protocols.
 
 Per request (docs/design.md, section 2): client IP (trusted-proxy walk) -> GeoIP -> facts ->
 ``Router.decide`` -> endpoint pick -> forward and stream -> retry before commit -> account.
+The listener is ``gslb.edge.h1server`` (one ``RequestCycle`` per request), the upstream side
+``gslb.edge.h1client`` (per-endpoint pools); the forwarding rules are ``gslb.core.forward``'s
+``Exchange``, the header rules ``gslb.core.headers``. This module only wires them together.
 
 The proxy never decides where traffic goes: it asks the router, and walks the decision's
 candidates in order (never anything else, so residency holds on every retry).
@@ -11,89 +14,76 @@ upstream's first body chunk arrives, or its body ends, within ``ttft_timeout_s``
 a connect error, a time-out, a 502/503/504 or a stall is retried on the next candidate. After
 it, ``idle_timeout_s`` bounds every silence, and an upstream abort cuts the client connection
 without a terminating chunk, so the client can tell a truncated stream from a complete one.
+
+Nothing here costs a Task, a timer or a timeout context per request: the deadlines are the
+connections' own (``h1server``, ``h1client``), checked by one coarse sweep each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-import aiohttp
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from gslb.core.clientip import client_ip, parse_ip, truncate_ip
 from gslb.core.config import CLIENT_IP_FULL, CLIENT_IP_NONE
 from gslb.core.fleet import EndpointState
-from gslb.core.forward import (
-    OVERLOADED,
-    Act,
-    ClientError,
-    Exchange,
-    Failure,
-    Step,
-    body_too_large,
+from gslb.core.forward import OVERLOADED, Act, ClientError, Exchange, Failure, Step
+from gslb.core.h1client_rules import response_has_body
+from gslb.core.headers import (
+    RawHeaders,
+    RequestHeaders,
+    downstream_headers,
+    read_request,
+    upstream_headers,
 )
-from gslb.core.headers import downstream_headers, upstream_headers, valid_request_id
 from gslb.core.policy import BadControlHeader, facts_from_headers
 from gslb.core.scoring import REASONS, SPILL
 from gslb.edge.geoip import GeoIP
-from gslb.edge.logsafety import where_it_failed
+from gslb.edge.h1client import (
+    BadRequestHead,
+    BodyError,
+    UpstreamError,
+    UpstreamPools,
+    UpstreamResponse,
+)
+from gslb.edge.h1server import RequestAborted, RequestCycle
+from gslb.edge.logsafety import REFUSALS, where_it_failed
 from gslb.edge.runtime import Runtime
+from gslb.edge.tunnel import relay
 from gslb.ops.observe import NullObserver, Observer, RequestRecord
 
 log = logging.getLogger("gslb.edge.proxy")
-SPILL_REASON = REASONS[SPILL]
-
-_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
-NO_BODY_STATUS = frozenset({204, 304})
-READ_CHUNK = 65536
+SPILL_REASON: Final = REASONS[SPILL]
+_JSON: Final = (b"Content-Type", b"application/json")
+_CLIENT_GONE: Final = "client_gone"
 
 
 class GslbError(Exception):
     """An error gslb answers itself, as JSON."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+    def __init__(self, err: ClientError) -> None:
+        super().__init__(err.message)
+        self.err = err
 
 
-def answer(err: ClientError) -> GslbError:
-    """The exchange's verdict as the error this handler answers with."""
-    headers = {"Retry-After": err.retry_after} if err.retry_after else None
-    return GslbError(err.status, err.code, err.message, headers)
-
-
-def error_response(
-    err: GslbError, request_id: str, extra: dict[str, str] | None = None
-) -> web.Response:
-    body = orjson.dumps({"error": err.code, "message": err.message, "request_id": request_id})
-    headers = {"X-Request-Id": request_id, **err.headers, **(extra or {})}
-    return web.Response(
-        status=err.status, body=body, content_type="application/json", headers=headers
-    )
+def bad_request(message: str) -> GslbError:
+    return GslbError(ClientError(400, "bad_request", message))
 
 
 @dataclass(slots=True)
 class Body:
-    """A request body: fully buffered (replayable) or a prefix plus the rest of the stream."""
+    """A request body: whole (replayable), or a prefix plus the rest as it arrives."""
 
     data: bytes
-    stream: aiohttp.StreamReader | None = None
+    stream: AsyncIterator[bytes] | None = None
     length: int | None = None  # Content-Length when the client sent one
-    overflow: bool = False  # the streamed body went over max_body_bytes
 
     @property
     def replayable(self) -> bool:
@@ -104,7 +94,7 @@ class Body:
 class _Tally:
     """What one request did as it goes (all its attempts); folded into its ``RequestRecord``."""
 
-    request_id: str
+    request_id: bytes
     started: float
     region: str | None = None
     route: str = ""
@@ -118,7 +108,54 @@ class _Tally:
     client: str | None = None
     spilled_from: str | None = None
     retries: tuple[str, ...] = ()
-    response: web.StreamResponse | None = None
+
+
+class _Plan:
+    """What the request path needs from one runtime, computed once per config (not per
+    request): header names and values as bytes, time-outs, the ``can_pick`` closure."""
+
+    __slots__ = (
+        "address_header",
+        "can_pick",
+        "client_ip_mode",
+        "expose_route",
+        "idle_timeout_s",
+        "max_attempts",
+        "region_header",
+        "replay_bytes",
+        "route_header",
+        "rt",
+        "ttft_timeout_s",
+        "via",
+    )
+
+    def __init__(self, rt: Runtime, clock: Callable[[], float]) -> None:
+        p = rt.cfg.proxy
+        self.rt = rt
+        self.address_header = rt.address_header.encode()
+        self.via = f"1.1 {p.via}".encode()
+        self.expose_route = p.expose_route_headers
+        self.region_header = p.region_header.encode()
+        self.route_header = p.route_header.encode()
+        self.ttft_timeout_s = p.ttft_timeout_s
+        self.idle_timeout_s = p.idle_timeout_s
+        self.replay_bytes = p.replay_buffer_bytes
+        self.max_attempts = rt.cfg.routing.max_attempts
+        self.client_ip_mode = rt.cfg.log.client_ip
+        fleet = rt.fleet
+
+        def can_pick(region: int) -> bool:
+            return fleet.can_pick(region, clock())
+
+        self.can_pick = can_pick
+
+    def route_headers(self, st: _Tally) -> RawHeaders:
+        if not self.expose_route or not st.route:
+            return []
+        out = [(self.route_header, st.route.encode())]
+        if st.region:
+            out.insert(0, (self.region_header, st.region.encode()))
+        return out
 
 
 class Proxy:
@@ -128,59 +165,75 @@ class Proxy:
         self,
         runtime: Runtime,
         geoip: GeoIP,
-        session: aiohttp.ClientSession,
+        pools: UpstreamPools,
         *,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
         self.geoip = geoip
-        self.session = session
+        self.pools = pools
         self.observer: Observer = observer or NullObserver()
         self.clock = clock
-        self._rid_prefix = secrets.token_hex(4)
+        self.loop = asyncio.get_running_loop()
+        self._rid_prefix = secrets.token_hex(4).encode()
         self._fd_warned_at = -1e9
         self._rid_counter = 0
-        self._can_pick: tuple[Runtime, Callable[[int], bool]] | None = None
+        self._plan = _Plan(runtime, clock)
+
+    def plan(self) -> _Plan:
+        """The current runtime's plan: rebuilt when a reload swapped the runtime."""
+        plan = self._plan
+        if plan.rt is not self.runtime:
+            plan = self._plan = _Plan(self.runtime, self.clock)
+        return plan
 
     # -- entry point ----------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        rt = self.runtime  # this request keeps this config to the end, even across a reload
-        incoming = request.headers.get("X-Request-Id")
-        rid = incoming if valid_request_id(incoming) else self._new_request_id()
-        assert rid is not None
-        st = _Tally(request_id=rid, started=self.clock())
+    async def handle(self, cycle: RequestCycle) -> None:
+        plan = self.plan()  # this request keeps this config to the end, even across a reload
+        st = _Tally(request_id=b"", started=self.clock())
         try:
-            return await self._handle(request, rt, st)
-        except GslbError as err:
-            st.status, st.error = err.status, err.code
-            return error_response(err, rid, self._error_headers(rt, st))
+            await self._handle(cycle, plan, st)
+        except GslbError as exc:
+            self._answer(cycle, plan, st, exc.err)
+        except RequestAborted as exc:  # the client left, or its body broke a limit
+            self._aborted(st, exc.reason)
         except asyncio.CancelledError:
             st.status, st.error = 499, "client_closed"
             raise
-        except ConnectionResetError:  # the client went away while we wrote to it
-            _cut(request)
-            st.status, st.error = 499, "client_closed"
-            return st.response or web.Response(status=499)
         except Exception as exc:  # never a traceback to a client, nor its bytes to the log
-            log.error("internal error on request %s: %s", rid, where_it_failed(exc))
-            st.status, st.error = 500, "internal_error"
-            internal = GslbError(500, "internal_error", "internal error")
-            return error_response(internal, rid, self._error_headers(rt, st))
+            log.error(
+                "internal error on request %s: %s", _text(st.request_id), where_it_failed(exc)
+            )
+            if cycle.started:
+                cycle.cut()
+                st.status, st.error = st.status or 500, "internal_error"
+            else:
+                self._answer(cycle, plan, st, ClientError(500, "internal_error", "internal error"))
         finally:
-            self._record(request, st)
+            self._record(cycle, st)
+
+    def _answer(self, cycle: RequestCycle, plan: _Plan, st: _Tally, err: ClientError) -> None:
+        """gslb's own JSON answer, with Via and the route headers when a decision was made."""
+        st.status, st.error = err.status, err.code
+        rid = st.request_id or self._new_request_id()
+        body = orjson.dumps({"error": err.code, "message": err.message, "request_id": _text(rid)})
+        headers = [_JSON, (b"X-Request-Id", rid), (b"Via", plan.via)]
+        if err.retry_after:
+            headers.append((b"Retry-After", err.retry_after.encode()))
+        headers += plan.route_headers(st)
+        cycle.respond(err.status, headers, body)
+        st.bytes_out += len(body)
 
     @staticmethod
-    def _error_headers(rt: Runtime, st: _Tally) -> dict[str, str]:
-        """Via, and the route headers when a decision was made, on gslb's own answers too."""
-        cfg = rt.cfg.proxy
-        headers = {"Via": f"1.1 {cfg.via}"}
-        if cfg.expose_route_headers and st.route:
-            headers[cfg.route_header] = st.route
-            if st.region:
-                headers[cfg.region_header] = st.region
-        return headers
+    def _aborted(st: _Tally, reason: str) -> None:
+        """The listener ended the request itself (and answered it, unless the client left)."""
+        if reason == _CLIENT_GONE:
+            st.status, st.error = 499, "client_closed"
+            return
+        refusal = REFUSALS.get(reason)
+        st.status, st.error = (refusal.status if refusal else 400), reason
 
     def _warn_out_of_files(self) -> None:
         now = self.clock()
@@ -191,30 +244,39 @@ class Proxy:
                 "server.max_connections; requests get 503 meanwhile"
             )
 
-    def _new_request_id(self) -> str:
+    def _new_request_id(self) -> bytes:
         self._rid_counter += 1
-        return f"{self._rid_prefix}-{self._rid_counter:x}"
+        return b"%s-%x" % (self._rid_prefix, self._rid_counter)
 
     # -- the request path ----------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request, rt: Runtime, st: _Tally) -> web.StreamResponse:
+    async def _handle(self, cycle: RequestCycle, plan: _Plan, st: _Tally) -> None:
+        rt = plan.rt
         cfg = rt.cfg
-        _refuse_proxy_forms(request)
-        peer = request.remote
-        source = rt.address_header  # the one header the trusted proxies write
-        ip = client_ip(peer, request.headers.getall(source, ()), rt.trusted, source)
+        peer = cycle.peer
+        peer_ip = parse_ip(peer)
+        trusted = peer_ip is not None and peer_ip in rt.trusted
+        req = read_request(cycle.headers, address_header=plan.address_header, peer_trusted=trusted)
+        st.request_id = req.request_id or self._new_request_id()
+        if cycle.target[:1] != b"/":  # no open proxy: absolute-form targets are refused
+            raise bad_request("request target must be a path")
+        ip = client_ip(peer, req.addresses, rt.trusted, rt.address_header)
         location = self.geoip.lookup(ip)
         st.country = location.country if location else None
-        st.client = _client_label(ip, cfg.log.client_ip)
-        body = await self._read_body(
-            request, cfg.proxy.replay_buffer_bytes, cfg.proxy.max_body_bytes
-        )
+        st.client = _client_label(ip, plan.client_ip_mode)
+        body = await self._read_body(cycle, plan.replay_bytes)
         st.bytes_in = len(body.data)
-        model = _model_of(body, request) if rt.parse_model else None
+        model = _model_of(body, req) if rt.parse_model else None
+        controls = req.controls
         try:
-            facts = facts_from_headers(request.headers.get, location, cfg, model)
+            facts = facts_from_headers(
+                (lambda name: controls.get(name.lower())) if controls else _no_header,
+                location,
+                cfg,
+                model,
+            )
         except BadControlHeader as exc:
-            raise GslbError(400, "bad_request", str(exc)) from None
+            raise bad_request(str(exc)) from None
         t0 = time.perf_counter()
         decision = rt.router.decide(facts, rt.fleet.view)
         self.observer.decision_made(time.perf_counter() - t0)
@@ -222,74 +284,49 @@ class Proxy:
         if decision.region is None:
             denial = rt.router.denial(facts, rt.fleet.view)
             self.observer.denied(denial.cause, denial.rules)
-            raise answer(denial.error)
+            raise GslbError(denial.error)
         if decision.reason == SPILL_REASON:
             st.spilled_from = decision.home
         headers = upstream_headers(
-            request.headers,
-            peer=peer,
-            peer_trusted=_peer_trusted(rt, peer),
-            proto=request.scheme,
-            host=request.host,
+            req,
+            peer=peer if peer != "-" else None,
+            proto=b"https" if cycle.tls else b"http",
             request_id=st.request_id,
-            via=cfg.proxy.via,
-            content_length=len(body.data) if body.replayable and body.data else body.length,
+            via=plan.via,
+            content_length=None if body.replayable else body.length,
+            upgrade=cycle.upgrade,
         )
-        if _is_websocket(request):
-            return await self._websocket(request, rt, decision.order, st, headers)
-        return await self._forward(request, rt, decision.order, body, st, headers)
+        ex = Exchange(decision.order, plan.max_attempts, body.replayable)
 
-    async def _read_body(self, request: web.Request, replay: int, limit: int) -> Body:
-        length = request.content_length
-        if length is not None and length > limit:
-            raise answer(body_too_large(limit))
-        if not request.body_exists:
+        async def attempt(ep: EndpointState) -> Step:
+            return await self._attempt(cycle, plan, ex, ep, body, st, headers)
+
+        await self.drive(plan, ex, st, attempt)
+
+    async def _read_body(self, cycle: RequestCycle, replay: int) -> Body:
+        length = cycle.content_length
+        if (not length and not cycle.chunked) or cycle.upgrade is not None:
             return Body(b"", length=length)
-        buf = bytearray()
-        content = request.content
-        while len(buf) <= replay:
-            chunk = await content.readany()
-            if not chunk:
-                return Body(bytes(buf), length=length)
-            buf += chunk
-            if len(buf) > limit:
-                raise answer(body_too_large(limit))
+        data, whole = await cycle.prefix(replay)
+        if whole:
+            return Body(data, length=length)
         # Too big to keep for a retry: stream the rest straight through.
-        return Body(bytes(buf), stream=content, length=length)
+        return Body(data, stream=_rest_of_body(cycle, data), length=length)
 
     # -- forwarding with retries -------------------------------------------------------------------
 
-    async def _forward(
-        self,
-        request: web.Request,
-        rt: Runtime,
-        order: tuple[int, ...],
-        body: Body,
-        st: _Tally,
-        headers: CIMultiDict[str],
-    ) -> web.StreamResponse:
-        """Forward over HTTP: the exchange decides, ``_attempt`` moves the bytes."""
-        cfg = rt.cfg
-        ex = Exchange(order, cfg.routing.max_attempts, body.replayable, cfg.proxy.max_body_bytes)
-
-        async def attempt(ep: EndpointState) -> Step:
-            return await self._attempt(request, rt, ex, ep, body, st, headers)
-
-        await self.drive(rt, ex, st, attempt)
-        assert st.response is not None
-        return st.response
-
     async def drive(
         self,
-        rt: Runtime,
+        plan: _Plan,
         ex: Exchange,
         st: _Tally,
         attempt: Callable[[EndpointState], Awaitable[Step]],
     ) -> Step:
-        """The one candidate loop, for HTTP and WebSocket alike: pick an endpoint in the
-        region the exchange names, run ``attempt`` on it, report its outcome to health, and
-        go on while the exchange says TRY. Raises ``GslbError`` when it says ANSWER."""
-        can_pick = self.can_pick_for(rt)
+        """The one candidate loop, for plain requests and upgrades alike: pick an endpoint in
+        the region the exchange names, run ``attempt`` on it, report its outcome to health,
+        and go on while the exchange says TRY. Raises ``GslbError`` when it says ANSWER."""
+        rt = plan.rt
+        can_pick = plan.can_pick
         step = ex.start(can_pick)
         tried: EndpointState | None = None
         while step.act is Act.TRY:
@@ -307,7 +344,7 @@ class Proxy:
             if step.act is Act.TRY:
                 log.info(
                     "request %s: attempt %d on %s failed before commit: %s",
-                    st.request_id,
+                    _text(st.request_id),
                     ex.attempts - 1,
                     st.region,
                     ex.failure,
@@ -316,218 +353,156 @@ class Proxy:
             assert step.error is not None
             if step.error is OVERLOADED:
                 self._warn_out_of_files()
-            raise answer(step.error)
+            raise GslbError(step.error)
         return step
-
-    def can_pick_for(self, rt: Runtime) -> Callable[[int], bool]:
-        """Whether a region has an endpoint to try now: the exchange plans retries with it.
-
-        Built once per runtime (a reload makes a new one), not per request."""
-        cached = self._can_pick
-        if cached is not None and cached[0] is rt:
-            return cached[1]
-        fleet, clock = rt.fleet, self.clock
-
-        def can_pick(region: int) -> bool:
-            return fleet.can_pick(region, clock())
-
-        self._can_pick = (rt, can_pick)
-        return can_pick
 
     async def _attempt(
         self,
-        request: web.Request,
-        rt: Runtime,
+        cycle: RequestCycle,
+        plan: _Plan,
         ex: Exchange,
         ep: EndpointState,
         body: Body,
         st: _Tally,
-        headers: CIMultiDict[str],
+        headers: RawHeaders,
     ) -> Step:
         """One candidate, from sending the request to the end of the response (or a failure
         before commit, whose step says what comes next)."""
+        rt = plan.rt
+        can_pick = plan.can_pick
         fleet = rt.fleet
         sent_at = self.clock()
-        fleet.acquire(ep)
-        upstream: aiohttp.ClientResponse | None = None
+        fleet.acquire(ep)  # from here the request is load on ep, queued for a connection or not
+        response = None
         try:
-            step, upstream, first, has_body = await self._commit_window(
-                request, rt, ex, ep, body, st, headers
-            )
-            if step.act is Act.COMMIT:
-                assert upstream is not None
-                ttfb = self.clock() - sent_at
-                st.ttfb_s = ttfb
-                rt.health.on_ttfb(ep.region, ttfb)
-                step = await self._relay(request, rt, ex, upstream, first, has_body, st)
-                if step.act is Act.FINISH:
-                    rt.health.on_duration(ep.region, self.clock() - sent_at)
+            try:
+                response = await self.pools.request(
+                    ep.url,
+                    cycle.method_bytes,
+                    cycle.target,
+                    headers,
+                    body.data if body.stream is None else body.stream,
+                    deadline=self.loop.time() + plan.ttft_timeout_s,
+                    upgrade=cycle.upgrade is not None,
+                    idle_timeout_s=plan.idle_timeout_s,
+                    first_byte=True,
+                )
+            except BadRequestHead:  # a field the parser let through cannot be sent on
+                raise bad_request("the request cannot be forwarded as it is") from None
+            except UpstreamError as exc:
+                return ex.failed(exc.failure, can_pick)
+            except RequestAborted as exc:
+                self._aborted(st, exc.reason)
+                return ex.client_gone()
+            status = response.status
+            if status == 101:
+                ex.head(101, False, can_pick)  # the switch is the commit: no retry after it
+                st.status = 101
+                return await self._upgraded(cycle, plan, ex, response, st)
+            has_body = response_has_body(cycle.method == "HEAD", status)
+            step = ex.head(status, has_body, can_pick)
+            first = b""
+            if step.act is Act.READ_FIRST:
+                try:
+                    first = await response.read()
+                except BodyError as exc:
+                    return ex.failed(exc.failure, can_pick)
+                step = ex.first_bytes()
+            if step.act is not Act.COMMIT:
+                return step
+            ttfb = self.clock() - sent_at
+            st.ttfb_s = ttfb
+            rt.health.on_ttfb(ep.region, ttfb)
+            step = await self._relay(cycle, plan, ex, response, first, has_body, st)
+            if step.act is Act.FINISH:
+                rt.health.on_duration(ep.region, self.clock() - sent_at)
             return step
         finally:
-            if upstream is not None:
-                upstream.release()
+            if response is not None:
+                response.release()  # back to the pool when it ended cleanly; else closed
             fleet.release(ep)
-
-    async def _commit_window(
-        self,
-        request: web.Request,
-        rt: Runtime,
-        ex: Exchange,
-        ep: EndpointState,
-        body: Body,
-        st: _Tally,
-        headers: CIMultiDict[str],
-    ) -> tuple[Step, aiohttp.ClientResponse | None, bytes, bool]:
-        """Send the request; wait for the head and the first body bytes, all within one
-        deadline (``ttft_timeout_s``). Every way it can end becomes an event of ``ex``.
-
-        Returns the step, the response, its first bytes, and whether it has a body at all
-        (not for HEAD, 1xx, 204 and 304)."""
-        can_pick = self.can_pick_for(rt)
-        data: bytes | AsyncIterator[bytes] | None
-        if body.replayable:
-            data = body.data if body.data else None
-        else:
-            data = self._stream_body(body, rt.cfg.proxy.max_body_bytes, st)
-        deadline = asyncio.get_running_loop().time() + rt.cfg.proxy.ttft_timeout_s
-        upstream: aiohttp.ClientResponse | None = None
-        first = b""
-        has_body = False
-        try:
-            async with asyncio.timeout_at(deadline):
-                upstream = await self.session.request(
-                    request.method,
-                    ep.url + request.raw_path,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    ssl=rt.upstream_ssl[ep.region],
-                    timeout=rt.upstream_timeout,
-                )
-                status = upstream.status
-                has_body = request.method != "HEAD" and status >= 200
-                has_body = has_body and status not in NO_BODY_STATUS
-                step = ex.head(status, has_body, can_pick)
-                if step.act is Act.READ_FIRST:
-                    first = await upstream.content.readany()
-                    step = ex.first_bytes()
-        except aiohttp.ConnectionTimeoutError:
-            step = ex.failed(Failure.CONNECT_ERROR, can_pick)
-        except TimeoutError:
-            step = ex.failed(Failure.TIMEOUT, can_pick)
-        except aiohttp.ClientConnectorError as exc:
-            out_of_files = exc.os_error.errno in _OUT_OF_FILES
-            step = ex.failed(
-                Failure.OUT_OF_FILES if out_of_files else Failure.CONNECT_ERROR, can_pick
-            )
-        except aiohttp.ClientError:
-            if body.overflow:  # our own limit stopped the upload, not the upstream
-                step = ex.failed(Failure.BODY_TOO_LARGE, can_pick)
-            elif upstream is None:
-                step = ex.failed(Failure.CONNECT_ERROR, can_pick)
-            else:
-                step = ex.failed(Failure.ABORTED, can_pick)
-        return step, upstream, first, has_body
 
     async def _relay(
         self,
-        request: web.Request,
-        rt: Runtime,
+        cycle: RequestCycle,
+        plan: _Plan,
         ex: Exchange,
-        upstream: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         first: bytes,
         has_body: bool,
         st: _Tally,
     ) -> Step:
         """Committed: send the head and the body to the client; ``idle_timeout_s`` (the
-        upstream session's sock_read) bounds every silence. Returns the final step."""
-        cfg = rt.cfg.proxy
-        route_headers = (
-            ((cfg.region_header, st.region or ""), (cfg.route_header, st.route))
-            if cfg.expose_route_headers
-            else ()
-        )
+        upstream connection's own deadline) bounds every silence. Returns the final step."""
         headers = downstream_headers(
-            upstream.headers, request_id=st.request_id, via=cfg.via, route=route_headers
+            response.headers,
+            request_id=st.request_id,
+            via=plan.via,
+            route=plan.route_headers(st),
         )
-        st.status = upstream.status
-        content = upstream.content
-        try:
-            if has_body and content.at_eof():
-                # The whole body came with the first read: one response, one write.
-                st.response = web.Response(
-                    status=upstream.status, reason=upstream.reason, headers=headers, body=first
-                )
-                await st.response.prepare(request)
-                await st.response.write_eof()
-                st.bytes_out += len(first)
-                return ex.finished()
-            response = st.response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=headers
-            )
-            await response.prepare(request)
-            if first:
-                await response.write(first)
-                st.bytes_out += len(first)
-            while has_body:
-                try:
-                    chunk = await content.readany()
-                except aiohttp.ServerTimeoutError:
-                    log.warning("request %s: upstream stalled mid-stream; cut", st.request_id)
-                    _cut(request)
-                    return ex.stalled()
-                except aiohttp.ClientError:
-                    log.warning("request %s: upstream aborted mid-stream; cut", st.request_id)
-                    _cut(request)
-                    return ex.aborted()
-                if not chunk:
-                    break
-                await response.write(chunk)  # awaits the client: backpressure
-                st.bytes_out += len(chunk)
-            await response.write_eof()
+        st.status = response.status
+        if not has_body or response.at_eof:
+            # The whole body came with the first read: one response, one write.
+            cycle.respond(response.status, headers, first)
+            st.bytes_out += len(first)
             return ex.finished()
-        except ConnectionResetError:  # the client hung up while we wrote to it: 499
-            _cut(request)
+        cycle.start(response.status, headers)
+        try:
+            await cycle.send(first)  # the head goes out with the first bytes, in one write
+            st.bytes_out += len(first)
+            while True:
+                try:
+                    data = await response.read()
+                except BodyError as exc:
+                    cycle.cut()
+                    stalled = exc.failure is Failure.TIMEOUT
+                    log.warning(
+                        "request %s: upstream %s mid-stream; cut",
+                        _text(st.request_id),
+                        "stalled" if stalled else "aborted",
+                    )
+                    return ex.stalled() if stalled else ex.aborted()
+                if not data:
+                    break
+                await cycle.send(data)  # waits while the client does not read: backpressure
+                st.bytes_out += len(data)
+        except RequestAborted:  # the client hung up while we wrote to it: 499
             st.status, st.error = 499, "client_closed"
             return ex.client_gone()
+        cycle.end()
+        return ex.finished()
 
-    async def _stream_body(self, body: Body, limit: int, st: _Tally) -> AsyncIterator[bytes]:
-        """The buffered prefix, then the rest of the client's body as it arrives."""
-        total = len(body.data)
-        yield body.data
-        assert body.stream is not None
-        while True:
-            chunk = await body.stream.readany()
-            if not chunk:
-                return
-            total += len(chunk)
-            st.bytes_in = total
-            if total > limit:
-                body.overflow = True
-                raise answer(body_too_large(limit))
-            yield chunk
-
-    # -- websockets ----------------------------------------------------------------------------
-
-    async def _websocket(
+    async def _upgraded(
         self,
-        request: web.Request,
-        rt: Runtime,
-        order: tuple[int, ...],
+        cycle: RequestCycle,
+        plan: _Plan,
+        ex: Exchange,
+        response: UpstreamResponse,
         st: _Tally,
-        headers: CIMultiDict[str],
-    ) -> web.StreamResponse:
-        from gslb.edge.wsproxy import relay_websocket
-
-        return await relay_websocket(self, request, rt, order, st, headers)
+    ) -> Step:
+        """An asked-for 101: relay raw bytes both ways until either side ends or both are
+        silent for ``idle_timeout_s``."""
+        headers = downstream_headers(
+            response.headers,
+            request_id=st.request_id,
+            via=plan.via,
+            route=plan.route_headers(st),
+            upgrade=True,
+        )
+        transport, tail = response.detach()
+        client = cycle.detach(headers)
+        sent, received = await relay(client, transport, tail, plan.idle_timeout_s)
+        st.bytes_in += sent
+        st.bytes_out += received
+        return ex.finished()
 
     # -- accounting ----------------------------------------------------------------------------
 
-    def _record(self, request: web.Request, st: _Tally) -> None:
+    def _record(self, cycle: RequestCycle, st: _Tally) -> None:
         record = RequestRecord(
-            request_id=st.request_id,
-            method=request.method,
-            path=request.path,  # aiohttp's path has no query string
+            request_id=_text(st.request_id),
+            method=cycle.method,
+            path=cycle.target.split(b"?", 1)[0].decode("latin-1"),  # never the query string
             status=st.status,
             region=st.region,
             route=st.route or (st.error or ""),
@@ -552,18 +527,20 @@ class Proxy:
 # --------------------------------------------------------------------------- helpers
 
 
-def _refuse_proxy_forms(request: web.Request) -> None:
-    """No open proxy: absolute-form targets and CONNECT are refused, never followed."""
-    if request.method == "CONNECT":
-        raise GslbError(405, "bad_request", "CONNECT is not supported")
-    target = request.raw_path
-    if not target.startswith("/"):
-        raise GslbError(400, "bad_request", "request target must be a path")
+def _no_header(name: str) -> None:
+    return None
 
 
-def _peer_trusted(rt: Runtime, peer: str | None) -> bool:
-    ip = parse_ip(peer) if peer else None
-    return ip is not None and ip in rt.trusted
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+async def _rest_of_body(cycle: RequestCycle, prefix: bytes) -> AsyncIterator[bytes]:
+    """The buffered prefix, then the rest of the client's body as it arrives (the listener
+    enforces ``max_body_bytes`` and the upload rate; ``RequestAborted`` says it stopped)."""
+    yield prefix
+    while data := await cycle.read():
+        yield data
 
 
 def _client_label(ip: Any, mode: str) -> str | None:
@@ -572,8 +549,8 @@ def _client_label(ip: Any, mode: str) -> str | None:
     return str(ip) if mode == CLIENT_IP_FULL else truncate_ip(ip)
 
 
-def _model_of(body: Body, request: web.Request) -> str | None:
-    if not body.replayable or not body.data or request.content_type != "application/json":
+def _model_of(body: Body, req: RequestHeaders) -> str | None:
+    if not body.replayable or not body.data or not req.json:
         return None
     try:
         doc = orjson.loads(body.data)
@@ -581,18 +558,3 @@ def _model_of(body: Body, request: web.Request) -> str | None:
         return None
     model = doc.get("model") if isinstance(doc, dict) else None
     return model if isinstance(model, str) and len(model) <= 256 else None
-
-
-def _is_websocket(request: web.Request) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
-def _cut(request: web.Request) -> None:
-    """End a committed response without its terminating chunk: the client sees truncation."""
-    transport = request.transport
-    if transport is not None:
-        transport.close()

@@ -19,19 +19,21 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from gslb.core import scoring
 from gslb.core.config import Config, ConfigError
+from gslb.core.h1framing import ServerLimits
 from gslb.core.policy import BUDGET_HEADER, CERTS_HEADER, RESIDENCY_HEADER, facts_from_headers
+from gslb.edge import h1server
 from gslb.edge.geoip import GeoIP
-from gslb.edge.limits import Limits, refusing_factory
-from gslb.edge.logsafety import RefusalLog, Refusals
+from gslb.edge.h1client import PoolLimits, UpstreamPools
+from gslb.edge.h1server import H1Server
+from gslb.edge.logsafety import Answer, RefusalLog, Refusals
 from gslb.edge.proxy import Proxy
 from gslb.edge.runtime import Runtime, build_runtime
 from gslb.ops.accesslog import AccessLog
 from gslb.ops.metrics import Metrics
-from gslb.ops.observe import Observer, Observers
+from gslb.ops.observe import Observer, Observers, RequestRecord
 from gslb.ops.periodic import HttpProber, HttpScraper, PeriodicRunner
 from gslb.ops.recent import RecentActivity
 
@@ -39,12 +41,53 @@ log = logging.getLogger("gslb.edge.server")
 LEARN_INTERVAL_S = 1.0
 
 
+def server_limits(cfg: Config) -> ServerLimits:
+    """The listener's limits from ``[server]`` and ``[proxy]``."""
+    s = cfg.server
+    return ServerLimits(
+        max_connections=s.max_connections,
+        max_line_size=s.max_line_size,
+        max_field_size=s.max_field_size,
+        max_headers=s.max_headers,
+        max_body_bytes=cfg.proxy.max_body_bytes,
+        keepalive_timeout_s=s.keepalive_timeout_s,
+        header_timeout_s=s.header_timeout_s,
+        body_timeout_s=s.body_timeout_s,
+        min_upload_rate=s.min_upload_rate,
+        min_upload_grace_s=s.min_upload_grace_s,
+    )
+
+
+def pool_limits(cfg: Config) -> PoolLimits:
+    """The upstream pools' limits and time-outs from ``[proxy]``."""
+    p = cfg.proxy
+    return PoolLimits(
+        size=p.pool_size_per_endpoint,
+        keepalive_timeout_s=p.keepalive_timeout_s,
+        connect_timeout_s=p.connect_timeout_s,
+        idle_timeout_s=p.idle_timeout_s,
+    )
+
+
+def _same_tls(old: Runtime, new: Runtime) -> Callable[[str], bool]:
+    """Whether an endpoint origin's pool may stay: still in the config, same TLS settings."""
+
+    def tls_of(rt: Runtime, url: str) -> object:
+        ep = rt.fleet.by_url.get(url)
+        return None if ep is None else rt.cfg.regions[ep.region].tls
+
+    def keep(origin: str) -> bool:
+        return origin in new.fleet.by_url and tls_of(old, origin) == tls_of(new, origin)
+
+    return keep
+
+
 def make_session(cfg: Config) -> aiohttp.ClientSession:
-    """One upstream session per worker: pooled keep-alive connections per endpoint."""
+    """The session of health probes and load scrapes (the data plane has its own pools)."""
     p = cfg.proxy
     connector = aiohttp.TCPConnector(
-        limit=0,  # bounded per endpoint instead
-        limit_per_host=p.pool_size_per_endpoint,
+        limit=0,
+        limit_per_host=8,  # probes and scrapes: a few per endpoint at most
         keepalive_timeout=p.keepalive_timeout_s,
         ttl_dns_cache=300,
         enable_cleanup_closed=True,
@@ -94,13 +137,12 @@ class Worker:
         self.sock = sock
         self.session: aiohttp.ClientSession | None = None
         self.proxy: Proxy | None = None
-        self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.ready = False
         self.started_at = clock()
         self.tls: ssl.SSLContext | None = listener_tls(cfg)
-        self.limits: Limits | None = None
-        self.listener: asyncio.Server | None = None
+        self.listener: H1Server | None = None
+        self.pools: UpstreamPools | None = None
         self._background: BackgroundTasks | None = None
 
     def geoip_stats(self) -> dict[str, int]:
@@ -108,60 +150,76 @@ class Worker:
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         cfg = self.cfg
-        self.session = make_session(cfg)
+        loop = asyncio.get_running_loop()
+        self.session = make_session(cfg)  # health probes and load scrapes only
+        self.pools = UpstreamPools(pool_limits(cfg), self._upstream_ssl)
         self.proxy = Proxy(
-            self.runtime, self.geoip, self.session, observer=self.observer, clock=self.clock
+            self.runtime, self.geoip, self.pools, observer=self.observer, clock=self.clock
         )
         if self.with_health:
             self._background = BackgroundTasks(self, self.runtime)
             await self._background.start(initial=True)
         self.ready = True
-        app = web.Application(client_max_size=cfg.proxy.max_body_bytes)
-        app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
-        s = cfg.server
-        self.runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,  # gslb's own access log (no query strings, truncated IPs)
-            handler_cancellation=True,  # a client that leaves cancels its upstream request
-            auto_decompress=False,  # request bodies reach the upstream byte for byte
-            shutdown_timeout=s.shutdown_grace_s,
-            keepalive_timeout=s.keepalive_timeout_s,
-            max_line_size=s.max_line_size,
-            max_field_size=s.max_field_size,
-            max_headers=s.max_headers,
-        )
-        await self.runner.setup()
-        assert self.runner.server is not None
-        loop = asyncio.get_running_loop()
-        # Our own listener around aiohttp's protocol factory: connection limits, and gslb's
-        # own answer, metric and rate-limited log line for requests the parser refuses.
         refusals = Refusals(
             RefusalLog(call_later=loop.call_later),
             via=lambda: self.cfg.proxy.via,
             client_ip=lambda: self.cfg.log.client_ip,
-            on_refused=self.metrics.refused,
+            on_refused=self._refused,
         )
-        self.limits = Limits(
-            refusing_factory(self.runner.server, refusals), s.max_connections, s.header_timeout_s
-        )
+        s = cfg.server
         if self.sock is None:
             self.sock = bind_reuseport(
                 host if host is not None else s.listen.host,
                 port if port is not None else s.listen.port,
             )
-        self.listener = await loop.create_server(
-            self.limits.factory, sock=self.sock, ssl=self.tls, backlog=1024
+        self.listener = await h1server.serve(
+            self.proxy.handle, self.sock, limits=server_limits(cfg), ssl=self.tls, refusals=refusals
         )
-        self.port = self.sock.getsockname()[1]
+        self.metrics.connections.listener = self.listener
+        self.metrics.connections.pools = self.pools
+        self.port = self.listener.port
+
+    def _upstream_ssl(self, origin: str) -> ssl.SSLContext | bool | None:
+        """The TLS setting of the region an endpoint origin belongs to (current runtime).
+        Asked once per pool (when the first request to an origin opens one), not per request."""
+        rt = self.runtime
+        for region in rt.fleet.regions:
+            if any(ep.url == origin for ep in region.endpoints):
+                return rt.upstream_ssl[region.index]
+        return None
+
+    def _refused(self, answer: Answer, client: str | None) -> None:
+        """A request the listener refused: counted, and a line in the access log."""
+        self.metrics.refused(answer.reason)
+        record = RequestRecord(
+            request_id=answer.request_id,
+            method="-",
+            path="-",  # a refused request's bytes are never kept, its target included
+            status=answer.status,
+            region=None,
+            route=answer.reason,
+            attempts=0,
+            ttfb_s=None,
+            duration_s=0.0,
+            bytes_in=0,
+            bytes_out=len(answer.body),
+            country=None,
+            client=client,
+            error=answer.reason,
+        )
+        self.access_log.request_done(record)
 
     async def stop(self) -> None:
         if self.listener is not None:
-            self.listener.close()  # stop accepting; open connections finish below
+            # Stop accepting; idle connections close now, busy ones after their response, and
+            # whatever is still open after the grace is cut.
+            self.listener.close(self.cfg.server.shutdown_grace_s)
         if self._background is not None:
             await self._background.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()  # stops accepting, waits for in-flight requests
+        if self.listener is not None:
+            await self.listener.wait_closed()
+        if self.pools is not None:
+            self.pools.close()
         if self.session is not None:
             await self.session.close()
         self.access_log.close()
@@ -181,12 +239,7 @@ class Worker:
         )
         if cfg.server != old.cfg.server or cfg.geoip.database != old.cfg.geoip.database:
             log.warning("reload: [server] and geoip.database changes take effect on restart")
-        if self.tls is not None and cfg.server.tls_cert:
-            # New handshakes use the new certificate; open connections keep theirs.
-            try:
-                self.tls.load_cert_chain(cfg.server.tls_cert, cfg.server.tls_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError("server.tls_cert", f"cannot load: {exc}") from None
+        tls = listener_tls(cfg) if self.tls is not None and cfg.server.tls_cert else None
         background = BackgroundTasks(self, new) if self.with_health else None
         if background is not None:
             await background.start(initial=False)
@@ -194,6 +247,13 @@ class Worker:
         self.runtime = new
         if self.proxy is not None:
             self.proxy.runtime = new
+        if self.pools is not None:
+            self.pools.reconfigure(pool_limits(cfg), self._upstream_ssl, _same_tls(old, new))
+        if self.listener is not None:
+            self.listener.set_limits(server_limits(cfg))
+            if tls is not None:  # new handshakes use the new certificate; open ones keep theirs
+                self.tls = tls
+                await self.listener.set_ssl(tls)
         self.cfg = cfg
         if old_background is not None:
             await old_background.stop()

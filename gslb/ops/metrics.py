@@ -102,6 +102,76 @@ def retry_reason(reason: str) -> str:
     return reason if reason in RETRY_REASONS else OTHER
 
 
+class ListenerCounts(Protocol):
+    """The public listener's plain counters (``gslb.edge.h1server.H1Server``)."""
+
+    open: int
+    accepted: int
+    refused: int
+    slow_headers: int
+    slow_bodies: int
+    idle_closed: int
+
+
+class PoolCounts(Protocol):
+    """The upstream pools' counters (``gslb.edge.h1client.UpstreamPools``)."""
+
+    stale_retries: int
+
+    @property
+    def waiting(self) -> int: ...
+
+
+class ConnectionCollector(Collector):
+    """The data plane's connection counters, read at scrape time (never per request)."""
+
+    def __init__(self) -> None:
+        self.listener: ListenerCounts | None = None
+        self.pools: PoolCounts | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        listener, pools = self.listener, self.pools
+        if listener is not None:
+            yield GaugeMetricFamily(
+                "gslb_client_connections", "Client connections open.", value=listener.open
+            )
+            yield CounterMetricFamily(
+                "gslb_client_connections_accepted",
+                "Client connections accepted.",
+                value=listener.accepted,
+            )
+            yield CounterMetricFamily(
+                "gslb_client_connections_refused",
+                "Client connections closed at once: server.max_connections were open.",
+                value=listener.refused,
+            )
+            slow = CounterMetricFamily(
+                "gslb_slow_clients",
+                "Client connections cut for sending too slowly, by what was slow.",
+                labels=["phase"],
+            )
+            slow.add_metric(["headers"], listener.slow_headers)
+            slow.add_metric(["body"], listener.slow_bodies)
+            yield slow
+            yield CounterMetricFamily(
+                "gslb_client_keepalive_closed",
+                "Kept-alive client connections closed after keepalive_timeout_s idle.",
+                value=listener.idle_closed,
+            )
+        if pools is not None:
+            yield GaugeMetricFamily(
+                "gslb_upstream_pool_waiting",
+                "Requests waiting for a free upstream connection (every endpoint's pool full).",
+                value=pools.waiting,
+            )
+            yield CounterMetricFamily(
+                "gslb_upstream_stale_retries",
+                "Requests sent again on a fresh connection: the pooled one was closed by "
+                "the upstream before any response byte.",
+                value=pools.stale_retries,
+            )
+
+
 class FleetCollector(Collector):
     """Reads live figures from the current ``FleetState`` (and GeoIP counts) at scrape time."""
 
@@ -340,6 +410,8 @@ class Metrics:
             False: self._reloads.labels("error"),
         }
         reg.register(FleetCollector(fleet, geoip_stats, clock))
+        self.connections = ConnectionCollector()  # the worker plugs its listener and pools in
+        reg.register(self.connections)
         self._observe_decision = self._decision.get(()).observe
         # The route label of each (region, route, code) seen, capped (see _route_label).
         self._request_keys: dict[tuple[str, str, str], tuple[str, str, str]] = {}

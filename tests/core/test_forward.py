@@ -210,11 +210,20 @@ CASES = [
         ],
     ),
     Case(
-        "an upload over the limit: 413, no health penalty",
+        "every connection of the pool stayed busy: the next candidate, no health penalty",
         [
             (START, (Act.TRY, None, None, 0)),
-            (ev("failed", Failure.BODY_TOO_LARGE), (Act.ANSWER, None, "body_too_large", 0)),
+            (ev("failed", Failure.POOL_TIMEOUT), (Act.TRY, None, None, 1)),
         ],
+        retries=("pool_timeout",),
+    ),
+    Case(
+        "every pool stayed busy: 503 upstream_busy, no health penalty",
+        [
+            (START, (Act.TRY, None, None, 0)),
+            (ev("failed", Failure.POOL_TIMEOUT), (Act.ANSWER, None, "upstream_busy", 0)),
+        ],
+        available={0},
     ),
     Case(
         "the client leaves mid-stream: cancelled, not the upstream's fault",
@@ -247,7 +256,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_exchange(case: Case) -> None:
-    ex = Exchange(case.order, case.max_attempts, case.replayable, body_limit=100)
+    ex = Exchange(case.order, case.max_attempts, case.replayable)
 
     def can_pick(region: int) -> bool:
         return region in case.available
@@ -270,10 +279,11 @@ def test_errors_carry_what_the_client_needs() -> None:
     step = ex.start(lambda r: False)
     assert step.error is not None
     assert (step.error.status, step.error.retry_after) == (503, "5")
-    ex = Exchange((0,), 2, True, body_limit=1234)
+    ex = Exchange((0,), 2, True)
     ex.start(lambda r: True)
-    step = ex.failed(Failure.BODY_TOO_LARGE, lambda r: True)
-    assert step.error is not None and step.error.status == 413 and "1234" in step.error.message
+    step = ex.failed(Failure.POOL_TIMEOUT, lambda r: False)
+    assert step.error is not None
+    assert (step.error.status, step.error.retry_after) == (503, "1")
     assert ex.phase is Phase.DONE
 
 

@@ -31,6 +31,7 @@ from gslb.edge.h1client import (
     BodyIdleTimeout,
     ConnectError,
     ConnectTimeout,
+    FirstByteTimeout,
     HeadTimeout,
     OutOfFiles,
     PoolLimits,
@@ -254,7 +255,9 @@ def test_each_error_names_its_failure_for_the_forwarding_core() -> None:
     assert ConnectError.failure is Failure.CONNECT_ERROR
     assert ConnectTimeout.failure is Failure.CONNECT_ERROR
     assert OutOfFiles.failure is Failure.OUT_OF_FILES
-    assert PoolTimeout.failure is Failure.TIMEOUT and HeadTimeout.failure is Failure.TIMEOUT
+    # A full pool is gslb's own limit: retried elsewhere, but no health penalty.
+    assert PoolTimeout.failure is Failure.POOL_TIMEOUT and HeadTimeout.failure is Failure.TIMEOUT
+    assert FirstByteTimeout.failure is Failure.TIMEOUT
     assert AbortedBeforeHead.failure is Failure.ABORTED
     assert UnexpectedUpgrade.failure is Failure.ABORTED
 

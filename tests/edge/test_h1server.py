@@ -79,7 +79,11 @@ async def running(
     app: App, ctx: ssl.SSLContext | None = None, **limits: object
 ) -> AsyncIterator[Listener]:
     reasons: list[str] = []
-    refusals = Refusals(RefusalLog(), via=lambda: "gslb", on_refused=reasons.append)
+    refusals = Refusals(
+        RefusalLog(),
+        via=lambda: "gslb",
+        on_refused=lambda answer, client: reasons.append(answer.reason),
+    )
     server = await serve(
         app,
         ("127.0.0.1", 0),
@@ -369,7 +373,7 @@ REFUSED = [
     ("expect other", get("/", "Expect: 200-ok\r\n"), 417, "expectation_failed"),
     ("http/0.9", b"GET /\r\n\r\n", 400, "bad_request_line"),
     ("bad method", b"G@T / HTTP/1.1\r\n\r\n", 400, "bad_method"),
-    ("connect", b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 501, "method_not_supported"),
+    ("connect", b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 405, "method_not_allowed"),
     ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "bad_request"),
     ("nul in a header", b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n", 400, "bad_header"),
 ]
@@ -888,7 +892,11 @@ async def test_graceful_close_finishes_in_flight_requests() -> None:
         cycle.respond(200, [], b"done")
 
     reasons: list[str] = []
-    refusals = Refusals(RefusalLog(), via=lambda: "gslb", on_refused=reasons.append)
+    refusals = Refusals(
+        RefusalLog(),
+        via=lambda: "gslb",
+        on_refused=lambda answer, client: reasons.append(answer.reason),
+    )
     server = await serve(app, ("127.0.0.1", 0), limits=LIMITS, refusals=refusals)
     port = server.port
     idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)

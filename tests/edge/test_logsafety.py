@@ -25,29 +25,19 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.http_exceptions import (
     BadHttpMessage,
-    BadHttpMethod,
-    BadStatusLine,
-    ContentLengthError,
-    InvalidHeader,
-    LineTooLong,
-    TransferEncodingError,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from gslb.edge.limits import RefusingHandler, refusing_factory
 from gslb.edge.logsafety import (
     DEFAULT_BURST,
     DEFAULT_RATE_PER_S,
     DEFAULT_SUMMARY_EVERY_S,
-    REASONS,
     REDACTED,
     RedactLibraryRecords,
     RefusalLog,
     Refusals,
-    classify,
 )
 from gslb.sim.fakeregion import FakeRegion, FakeRegionOptions
 from tests.fleet import REGIONS, fleet_toml
@@ -106,47 +96,6 @@ def test_redaction_leaves_gslb_records_alone() -> None:
     secret = secrets.token_hex(12)
     text = _format(_record("gslb.edge.proxy", secret, exc=True))
     assert secret in text and "Traceback" in text and REDACTED not in text
-
-
-# --------------------------------------------------------------------------- unit: codes
-
-
-@pytest.mark.parametrize(
-    ("exc", "request_line", "code"),
-    [
-        (BadHttpMethod("\x16\x03\x01"), None, "bad_method"),
-        (BadStatusLine("GET / HTTP/1.1 x"), None, "bad_request_line"),
-        (InvalidHeader(b"X: \x01"), None, "bad_header"),
-        (LineTooLong(b"x" * 100, 8190), True, "request_line_too_long"),
-        (LineTooLong(b"x" * 100, 8190), False, "header_too_large"),
-        (LineTooLong(b"x" * 100, 8190), None, "line_too_long"),
-        (ContentLengthError("Not enough data"), None, "bad_framing"),
-        (TransferEncodingError("bad"), None, "bad_framing"),
-        # The C parser's generic class: its fixed opening phrase picks the code.
-        (BadHttpMessage("Invalid header token:\n\n  b'chunk url version'"), None, "bad_header"),
-        (BadHttpMessage("Invalid header value char:\n\n  b'x'"), None, "bad_header"),
-        (BadHttpMessage("Invalid character in chunk size:\n\n  b'zz'"), None, "bad_framing"),
-        (BadHttpMessage("Content-Length overflow:\n\n  b'9'"), None, "bad_framing"),
-        (
-            BadHttpMessage("Transfer-Encoding can't be present with Content-Length:\n\n  b''"),
-            None,
-            "bad_framing",
-        ),
-        (BadHttpMessage("Too many headers received"), None, "too_many_headers"),
-        (BadHttpMessage("Invalid char in url query:\n\n  b'/?\\x01'"), None, "bad_request_line"),
-        # The quoted bytes after the phrase never steer the code.
-        (
-            BadHttpMessage("Something new:\n\n  b'Content-Length: chunk header'"),
-            None,
-            "bad_request",
-        ),
-        (ValueError("not a parser error"), None, "bad_request"),
-        (None, None, "bad_request"),
-    ],
-)
-def test_classify(exc: BaseException | None, request_line: bool | None, code: str) -> None:
-    assert classify(exc, request_line=request_line) == code
-    assert code in REASONS
 
 
 # --------------------------------------------------------------------------- unit: the limiter
@@ -231,15 +180,19 @@ def test_limiter_summary_timer_fires_without_further_refusals() -> None:
 def test_refusals_answer_counts_and_truncates() -> None:
     clock = FakeClock()
     limiter, out = _limiter(clock)
-    counted: list[str] = []
-    refusals = Refusals(limiter, via=lambda: "edge-1", on_refused=counted.append)
+    counted: list[tuple[str, str | None]] = []
+    refusals = Refusals(
+        limiter,
+        via=lambda: "edge-1",
+        on_refused=lambda answer, client: counted.append((answer.reason, client)),
+    )
     answer = refusals.refuse("header_too_large", SOURCE)
     assert answer.status == 431
     doc = orjson.loads(answer.body)
     assert doc["error"] == "header_too_large" and doc["request_id"] == answer.request_id
     assert answer.headers["X-Request-Id"] == answer.request_id
     assert answer.headers["Via"] == "1.1 edge-1" and answer.headers["Connection"] == "close"
-    assert counted == ["header_too_large"]
+    assert counted == [("header_too_large", SOURCE_NET)]
     assert out.lines == [
         f"refused request {answer.request_id}: header_too_large (431) from {SOURCE_NET}"
     ]
@@ -248,28 +201,6 @@ def test_refusals_answer_counts_and_truncates() -> None:
     hidden = Refusals(limiter, via=lambda: "g", client_ip=lambda: "none")
     hidden.refuse("bad_method", SOURCE)
     assert out.lines[-1].endswith("from -")
-
-
-async def test_refusing_handlers_keep_the_runner_settings() -> None:
-    """The factory builds handlers with the limits the runner was given (not aiohttp's)."""
-    app = web.Application()
-    runner = web.AppRunner(
-        app, access_log=None, max_line_size=1234, max_field_size=2345, max_headers=17
-    )
-    await runner.setup()
-    try:
-        assert runner.server is not None
-        refusals = Refusals(_limiter(FakeClock())[0], via=lambda: "gslb")
-        handler = refusing_factory(runner.server, refusals)()
-        assert isinstance(handler, RefusingHandler) and handler.refusals is refusals
-        assert (handler.max_line_size, handler.max_field_size, handler.max_headers) == (
-            1234,
-            2345,
-            17,
-        )
-        assert handler.access_logger is None
-    finally:
-        await runner.cleanup()
 
 
 # --------------------------------------------------------------------------- end to end
@@ -318,7 +249,6 @@ class Case:
     build: Callable[[Secrets], bytes]
     status: int
     code: str
-    listener: bool = True  # refused by the listener (else the proxy answers)
 
 
 CASES = [
@@ -398,10 +328,9 @@ CASES = [
         lambda s: _line(s) + _headers(s) + b"Content-Length: 2000000\r\n\r\n" + _body(s),
         413,
         "body_too_large",
-        listener=False,
     ),
 ]
-LISTENER = [c for c in CASES if c.listener]
+LISTENER = CASES  # every one is refused by the listener itself
 
 
 @dataclass
@@ -531,10 +460,9 @@ async def test_malformed_requests_leak_nothing_anywhere(tmp_path: Path) -> None:
             assert doc["request_id"] == rid and doc["message"]
             assert reply.headers["via"] == "1.1 gslb"
             assert not any(t.encode() in reply.raw for t in s.all()), case.name
-            if case.listener:
-                assert reply.headers["connection"] == "close"
-                assert "server" not in reply.headers  # no aiohttp banner
-                ids[rid] = case
+            assert reply.headers["connection"] == "close"
+            assert "server" not in reply.headers  # no library banner
+            ids[rid] = case
 
         # Each listener refusal has its line, with the reason, the id and the /24.
         await wait_for(lambda: set(ids) <= set(refusal_lines(stderr_path.read_text())), 10)
@@ -584,8 +512,7 @@ async def test_malformed_requests_leak_nothing_anywhere(tmp_path: Path) -> None:
         counts = refused_metric(metrics)
         assert sum(counts.values()) == refused
         for case in CASES:
-            if case.listener:
-                assert counts[case.code] >= 1, case.code
+            assert counts[case.code] >= 1, case.code
         (tmp_path / "metrics.txt").write_text(metrics)  # searched with the rest below
         (tmp_path / "status.json").write_text(status)
 
@@ -605,3 +532,5 @@ async def test_malformed_requests_leak_nothing_anywhere(tmp_path: Path) -> None:
     access = (tmp_path / "access.log").read_text()
     assert '"status":200' in access and '"status":413' in access
     assert f'"client":"{SOURCE_NET}"' in access
+    logged = {orjson.loads(line)["request_id"] for line in access.splitlines() if line}
+    assert set(ids) <= logged  # every refusal has its access-log line too

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from gslb.edge.h1server import RequestCycle
 from gslb.sim.fakeregion import FakeRegionOptions
 from tests.fakes import mark_down
 from tests.harness import (
@@ -514,12 +514,16 @@ async def test_no_upstream_connection_leaks_on_error_paths(tmp_path: Path) -> No
         await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        session = s.worker.session
-        assert session is not None
-        connector = session.connector
-        assert connector is not None
-        await eventually(lambda: not connector._acquired)  # every response was released
+        pools = s.worker.pools
+        assert pools is not None
         fleet = s.worker.runtime.fleet
+        urls = [ep.url for r in fleet.regions for ep in r.endpoints]
+
+        def released() -> bool:  # no upstream connection is still held by a request
+            return all(pools.stats(u).open == pools.stats(u).idle for u in urls)
+
+        await eventually(released)
+        assert all(pools.stats(u).waiting == 0 for u in urls)
         assert all(r.inflight == 0 for r in fleet.regions)
 
 
@@ -536,18 +540,19 @@ async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
             resp.close()
         await eventually(lambda: len(s.recorder.records) == 2)
         # 2. The race under load: upstream data and the client's reset arrive together, so
-        # gslb's write hits the closing transport before the cancellation lands.
-        original = web.StreamResponse.write
+        # gslb's write hits the closing transport before the connection's loss is seen.
+        original = RequestCycle.send
         calls = {"n": 0}
 
-        async def write(self: web.StreamResponse, data: bytes) -> None:
-            if "X-GSLB-Region" in self.headers:  # gslb's response, not the fake upstream's
-                calls["n"] += 1
-            if calls["n"] > 2:
-                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        async def send(self: RequestCycle, data: bytes) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                transport = self._conn.transport
+                assert transport is not None
+                transport.abort()  # the reset lands just as gslb writes
             await original(self, data)
 
-        monkeypatch.setattr(web.StreamResponse, "write", write)
+        monkeypatch.setattr(RequestCycle, "send", send)
         async with s.request("GET", "/sse?events=5&interval_ms=20", NEW_YORK) as resp:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(resp.read(), 10)
