@@ -166,6 +166,11 @@ class RequestCycle:
         self._body_start = 0.0
         self._total_deadline = _INF
 
+    @property
+    def received(self) -> int:
+        """Body bytes received from the client so far (all of them, read or not)."""
+        return self._received
+
     # ----------------------------------------------------------------- headers
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
@@ -568,10 +573,13 @@ class _Connection(asyncio.Protocol):
         if self.detached is not None:
             self.detached._eof = True
             self.detached._wake()
-        # Keep the write side open while answers to what arrived are still owed (TLS cannot
-        # half-close: asyncio warns when asked to).
-        owed = self.current is not None or bool(self.queue) or self.upgrading is not None
-        return None if self.tls else owed
+        if self.detached is None and (self.current is not None or self.queue):
+            # A client that closes its side before its answer has left, as nginx takes it
+            # (499): its handler is cancelled now, not when the upstream answers.
+            self._abandon()
+        # A relayed stream may still answer a half-closed client (TLS cannot half-close:
+        # asyncio warns when asked to); else close our side too: connection_lost follows.
+        return None if self.tls or self.detached is None else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -581,6 +589,17 @@ class _Connection(asyncio.Protocol):
         server = self.server
         server.open -= 1
         server.connections.discard(self)
+        self._abandon()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if server.open == 0:
+            server._all_closed()
+
+    def _abandon(self) -> None:
+        """The client left: every request not yet answered ends, and the one in progress
+        has its handler cancelled, so whatever it awaits (an upstream's head, a body) is
+        given up now, not when it next touches this connection."""
         for cycle in (self.current, self.parsing, *self.queue):
             if cycle is not None and cycle._error is None and not cycle._complete:
                 cycle._error = _CLIENT_GONE
@@ -592,15 +611,9 @@ class _Connection(asyncio.Protocol):
             self.detached._wake()
         current, runner = self.current, self.runner
         if current is not None and not current.ended and runner is not None:
-            # The client left mid-request: whatever its handler awaits (an upstream's head,
-            # a body) is cancelled now, not when it next touches this connection.
+            self.done = True
             runner.cancel()
         self._wake_runner()
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if server.open == 0:
-            server._all_closed()
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -100,7 +100,7 @@ class _Tally:
     route: str = ""
     attempts: int = 0
     ttfb_s: float | None = None
-    bytes_in: int = 0
+    bytes_in: int = 0  # relayed after an upgrade (the body is the listener's count)
     bytes_out: int = 0
     status: int = 0
     error: str | None = None
@@ -265,7 +265,6 @@ class Proxy:
         st.country = location.country if location else None
         st.client = _client_label(ip, plan.client_ip_mode)
         body = await self._read_body(cycle, plan.replay_bytes)
-        st.bytes_in = len(body.data)
         model = _model_of(body, req) if rt.parse_model else None
         controls = req.controls
         try:
@@ -509,7 +508,7 @@ class Proxy:
             attempts=st.attempts,
             ttfb_s=st.ttfb_s,
             duration_s=self.clock() - st.started,
-            bytes_in=st.bytes_in,
+            bytes_in=st.bytes_in + cycle.received,  # the body, however far it got
             bytes_out=st.bytes_out,
             country=st.country,
             client=st.client,

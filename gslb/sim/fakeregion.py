@@ -313,6 +313,11 @@ class FakeRegion:
         """Body bytes ``/pump`` has written, over all its requests."""
         return self._stress.pump_bytes
 
+    @property
+    def downloaded(self) -> int:
+        """Body bytes ``/download`` has written, over all its requests."""
+        return self._stress.download_bytes
+
     # ---- application ------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:

@@ -4,7 +4,8 @@ Endpoints (all answer from the region named ``name``):
 
 - ``/echo``: what arrived upstream (method, path, query, raw headers, body length, peer);
 - ``/upload`` (size and sha256 of a streamed body) and ``/download?bytes=&chunk=`` (a known
-  byte pattern, streamed with a Content-Length);
+  byte pattern, streamed with a Content-Length, counted in ``download_bytes`` as it is
+  written: backpressure tests read how far it got);
 - ``/sse?events=&interval_ms=``: paced server-sent events;
 - ``/status/{code}``, ``/slow-first-byte?delay_ms=``, ``/headers-then-hang``,
   ``/abort-mid-stream?after=``: answers a proxy must not retry, or cannot finish;
@@ -107,6 +108,7 @@ class StressEndpoints:
         self._mode = check_mode(mode)
         self.hits = 0
         self.pump_bytes = 0
+        self.download_bytes = 0
         self.last_headers: list[tuple[str, str]] = []
 
     @property
@@ -198,7 +200,9 @@ class StressEndpoints:
         resp.content_length = size
         await resp.prepare(request)
         for offset in range(0, size, chunk):
-            await resp.write(_download_chunk(offset, min(chunk, size - offset)))
+            piece = min(chunk, size - offset)
+            await resp.write(_download_chunk(offset, piece))
+            self.download_bytes += piece
         await resp.write_eof()
         return resp
 
