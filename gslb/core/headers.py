@@ -53,6 +53,8 @@ _REPLACED_DOWN: Final = frozenset({b"x-request-id", b"via"})
 REQUEST_ID: Final = b"X-Request-Id"
 _REQUEST_ID_OK: Final = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON: Final = b"application/json"
+# Connection values that name no other header (the usual ones): no token parsing needed.
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
 def valid_request_id(value: bytes | None) -> bool:
@@ -125,7 +127,7 @@ def read_request(
                     fwd_host = fwd_host or value
             continue
         if lname in drop:
-            if lname == b"connection":
+            if lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 drop = drop | connection_tokens(((name, value),))
             continue
         if lname.startswith(CONTROL_PREFIX):
@@ -202,7 +204,7 @@ def downstream_headers(
     for name, value in upstream:
         lname = name.lower()
         if lname in drop:
-            if lname == b"connection":
+            if lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 drop = drop | connection_tokens(((name, value),))
             elif lname == b"upgrade" and upgrade:
                 upgraded = value

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,6 +63,7 @@ log = logging.getLogger("gslb.edge.proxy")
 SPILL_REASON: Final = REASONS[SPILL]
 _JSON: Final = (b"Content-Type", b"application/json")
 _CLIENT_GONE: Final = "client_gone"
+_CACHE_MAX: Final = 65536  # addresses remembered per config: a bound, not a tuning knob
 
 
 class GslbError(Exception):
@@ -118,13 +119,17 @@ class _Plan:
         "address_header",
         "can_pick",
         "client_ip_mode",
+        "clients",
         "expose_route",
         "idle_timeout_s",
         "max_attempts",
+        "peers",
         "region_header",
         "replay_bytes",
         "route_header",
         "rt",
+        "source",
+        "trusted",
         "ttft_timeout_s",
         "via",
     )
@@ -142,12 +147,40 @@ class _Plan:
         self.replay_bytes = p.replay_buffer_bytes
         self.max_attempts = rt.cfg.routing.max_attempts
         self.client_ip_mode = rt.cfg.log.client_ip
+        self.trusted = rt.trusted
+        self.source = rt.address_header
+        # Per peer address: is it a trusted proxy; per (peer, address header lines): the
+        # client's address and its log label. Bounded, and rebuilt with the plan on reload.
+        self.peers: dict[str, bool] = {}
+        self.clients: dict[tuple[str, ...], tuple[Any, str | None]] = {}
         fleet = rt.fleet
 
         def can_pick(region: int) -> bool:
             return fleet.can_pick(region, clock())
 
         self.can_pick = can_pick
+
+    def peer_trusted(self, peer: str) -> bool:
+        trusted = self.peers.get(peer)
+        if trusted is None:
+            ip = parse_ip(peer)
+            trusted = ip is not None and ip in self.trusted
+            if len(self.peers) >= _CACHE_MAX:
+                self.peers.clear()
+            self.peers[peer] = trusted
+        return trusted
+
+    def client(self, peer: str, lines: list[str]) -> tuple[Any, str | None]:
+        """The client's address (the trusted-proxy walk) and how the log shows it."""
+        key = (peer, *lines)
+        hit = self.clients.get(key)
+        if hit is None:
+            ip = client_ip(peer, lines, self.trusted, self.source)
+            hit = (ip, _client_label(ip, self.client_ip_mode))
+            if len(self.clients) >= _CACHE_MAX:
+                self.clients.clear()
+            self.clients[key] = hit
+        return hit
 
     def route_headers(self, st: _Tally) -> RawHeaders:
         if not self.expose_route or not st.route:
@@ -252,18 +285,15 @@ class Proxy:
 
     async def _handle(self, cycle: RequestCycle, plan: _Plan, st: _Tally) -> None:
         rt = plan.rt
-        cfg = rt.cfg
         peer = cycle.peer
-        peer_ip = parse_ip(peer)
-        trusted = peer_ip is not None and peer_ip in rt.trusted
+        trusted = plan.peer_trusted(peer)
         req = read_request(cycle.headers, address_header=plan.address_header, peer_trusted=trusted)
         st.request_id = req.request_id or self._new_request_id()
         if cycle.target[:1] != b"/":  # no open proxy: absolute-form targets are refused
             raise bad_request("request target must be a path")
-        ip = client_ip(peer, req.addresses, rt.trusted, rt.address_header)
+        ip, st.client = plan.client(peer, req.addresses)
         location = self.geoip.lookup(ip)
         st.country = location.country if location else None
-        st.client = _client_label(ip, plan.client_ip_mode)
         body = await self._read_body(cycle, plan.replay_bytes)
         model = _model_of(body, req) if rt.parse_model else None
         controls = req.controls
@@ -271,7 +301,7 @@ class Proxy:
             facts = facts_from_headers(
                 (lambda name: controls.get(name.lower())) if controls else _no_header,
                 location,
-                cfg,
+                rt.cfg,
                 model,
             )
         except BadControlHeader as exc:
@@ -296,11 +326,7 @@ class Proxy:
             upgrade=cycle.upgrade,
         )
         ex = Exchange(decision.order, plan.max_attempts, body.replayable)
-
-        async def attempt(ep: EndpointState) -> Step:
-            return await self._attempt(cycle, plan, ex, ep, body, st, headers)
-
-        await self.drive(plan, ex, st, attempt)
+        await self.drive(cycle, plan, ex, body, st, headers)
 
     async def _read_body(self, cycle: RequestCycle, replay: int) -> Body:
         length = cycle.content_length
@@ -316,13 +342,15 @@ class Proxy:
 
     async def drive(
         self,
+        cycle: RequestCycle,
         plan: _Plan,
         ex: Exchange,
+        body: Body,
         st: _Tally,
-        attempt: Callable[[EndpointState], Awaitable[Step]],
+        headers: RawHeaders,
     ) -> Step:
         """The one candidate loop, for plain requests and upgrades alike: pick an endpoint in
-        the region the exchange names, run ``attempt`` on it, report its outcome to health,
+        the region the exchange names, make the attempt on it, report its outcome to health,
         and go on while the exchange says TRY. Raises ``GslbError`` when it says ANSWER."""
         rt = plan.rt
         can_pick = plan.can_pick
@@ -336,7 +364,7 @@ class Proxy:
             tried = ep
             st.attempts = ex.attempts
             st.region = rt.fleet.regions[ex.region].name
-            step = await attempt(ep)
+            step = await self._attempt(cycle, plan, ex, ep, body, st, headers)
             st.retries = ex.retries
             if step.outcome is not None:
                 rt.health.on_outcome(ep, step.outcome, self.clock())
