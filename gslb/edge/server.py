@@ -186,7 +186,7 @@ class Worker:
         for region in rt.fleet.regions:
             if any(ep.url == origin for ep in region.endpoints):
                 return rt.upstream_ssl[region.index]
-        return None
+        return True  # not in this config (any more): never less than verified TLS
 
     def _refused(self, answer: Answer, client: str | None) -> None:
         """A request the listener refused: counted, and a line in the access log."""
