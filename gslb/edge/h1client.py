@@ -32,7 +32,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, cast
+from typing import Any, ClassVar, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -50,6 +50,17 @@ _OUT_OF_FILES: Final = frozenset({errno.EMFILE, errno.ENFILE})
 _NEVER: Final = float("inf")
 
 # --------------------------------------------------------------------------- errors
+
+
+class BodySink(Protocol):
+    """Where ``UpstreamResponse.stream_to`` writes a body: the client's side of a relay."""
+
+    def write(self, data: bytes) -> None: ...
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    def on_drain(self, callback: Callable[[], None]) -> None: ...
 
 
 class UpstreamError(Exception):
@@ -232,6 +243,8 @@ class _Conn(asyncio.Protocol):
         "rx_mark",
         "rx_mark_time",
         "rx_start",
+        "sink",
+        "sink_fut",
         "state",
         "status",
         "tail",
@@ -285,6 +298,8 @@ class _Conn(asyncio.Protocol):
         self.tail = b""
         self.body_seen = False
         self.first_due = _NEVER
+        self.sink: BodySink | None = None
+        self.sink_fut: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- transport callbacks
 
@@ -406,6 +421,9 @@ class _Conn(asyncio.Protocol):
             self.keep = False
             raise _Extra
         self.body_seen = True
+        if self.sink is not None:
+            self._to_sink(data)
+            return
         self.buf.append(data)
         self.buffered += len(data)
         if self.buffered > self.limits.read_high_water and not self.read_paused:
@@ -478,6 +496,46 @@ class _Conn(asyncio.Protocol):
             self.read_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        fut = self.sink_fut
+        if fut is not None and not fut.done():
+            if self.error is not None:
+                fut.set_exception(self.error)
+            elif self.body_done:
+                fut.set_result(None)
+
+    def _to_sink(self, data: bytes) -> None:
+        """A body chunk straight to the sink, from the parser's callback: no task, no
+        coroutine and no buffer per chunk. A sink that is full pauses this socket."""
+        sink = self.sink
+        assert sink is not None
+        try:
+            sink.write(data)
+        except Exception as exc:  # the sink's side broke (its client left): stop here
+            self.keep = False
+            fut = self.sink_fut
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            raise _Extra from None
+        if sink.write_paused and not self.read_paused:
+            self.read_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            sink.on_drain(self._sink_drained)
+
+    def _sink_drained_or_wait(self) -> None:
+        sink = self.sink
+        assert sink is not None and self.transport is not None
+        if sink.write_paused:
+            self.read_paused = True
+            sink.on_drain(self._sink_drained)
+        else:
+            self.transport.resume_reading()
+
+    def _sink_drained(self) -> None:
+        if self.read_paused and self.sink is not None and self.state == _BUSY:
+            self.read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     def check(self, now: float) -> None:
         """The sweep's look at one busy connection."""
@@ -668,6 +726,30 @@ class UpstreamResponse:
             except BaseException:
                 self.close()
                 raise
+
+    def stream_to(self, sink: BodySink) -> asyncio.Future[None]:
+        """Hand the rest of the body to ``sink`` as it arrives, from the connection's own
+        callbacks: no task or coroutine per chunk. The future resolves when the body ends,
+        or fails with the ``BodyError`` that broke it (or what ``sink.write`` raised). Flow
+        control: while ``sink.write_paused``, the upstream's socket is paused, and
+        ``sink.on_drain`` resumes it. ``release()`` afterwards, as with ``read``."""
+        conn = self._conn
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if conn is None or conn.gen != self._gen:
+            fut.set_result(None)
+            return fut
+        while conn.buf:  # what arrived before: first, in order
+            sink.write(conn.buf.popleft())
+        conn.buffered = 0
+        conn.sink = sink
+        conn.sink_fut = fut
+        if conn.error is not None or conn.body_done:
+            conn._wake_reader()
+        elif conn.read_paused:  # paused for the buffer's high mark: the sink decides now
+            conn.read_paused = False
+            conn._sink_drained_or_wait()
+        return fut
 
     def release(self) -> None:
         """Done with this response: back to the pool when the body ended cleanly and the

@@ -108,6 +108,7 @@ class RequestCycle:
         "_sent_continue",
         "_total_deadline",
         "_waiter",
+        "body_sent",
         "chunked",
         "content_length",
         "ended",
@@ -162,6 +163,7 @@ class RequestCycle:
         self._framing: Framing | None = None
         self._pending_head = b""
         self._sent = 0
+        self.body_sent = 0  # body bytes given to the client (before chunk framing)
         self._sent_continue = False
         self._body_start = 0.0
         self._total_deadline = _INF
@@ -277,6 +279,8 @@ class RequestCycle:
             return
         framing = self._frame(status, headers, len(body))
         self.ended = True
+        if framing.body:
+            self.body_sent = len(body)
         self._conn._write(framing.head + body if framing.body and body else framing.head)
         self._conn._response_done(self, framing.close)
 
@@ -291,17 +295,26 @@ class RequestCycle:
 
     async def send(self, data: bytes) -> None:
         """One piece of the body; waits while the client is not reading."""
+        self.write(data)
+        conn = self._conn
+        if conn.write_paused:
+            await conn.drain()
+
+    def write(self, data: bytes) -> None:
+        """One piece of the body, without waiting: for a caller that does its own flow
+        control (``write_paused`` and ``on_drain``), such as a relay driven by callbacks."""
         framing = self._framing
         if framing is None or self.ended:
             if self._error is not None:
                 raise RequestAborted(self._error)
-            raise RuntimeError("send() outside start()..end()")
+            raise RuntimeError("write() outside start()..end()")
         conn = self._conn
         if conn.lost:
             raise RequestAborted(_CLIENT_GONE)
         out = self._pending_head
         self._pending_head = b""
         if data and framing.body:
+            self.body_sent += len(data)
             if framing.chunked:
                 data = chunk(data)
             elif framing.length is not None:
@@ -312,8 +325,20 @@ class RequestCycle:
             out = out + data if out else data
         if out:
             conn._write(out)
-        if conn.write_paused:
-            await conn.drain()
+
+    @property
+    def write_paused(self) -> bool:
+        """The client's write buffer is over its high mark: it does not read."""
+        return self._conn.write_paused
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the client's write buffer is under its low mark again
+        (or the client is gone)."""
+        conn = self._conn
+        if conn.lost or not conn.write_paused:
+            conn.loop.call_soon(callback)
+        else:
+            conn.drain_callback = callback
 
     def end(self) -> None:
         """The clean end of a streamed response (the terminating chunk when chunked)."""
@@ -499,6 +524,7 @@ class _Connection(asyncio.Protocol):
         self.paused_at = 0.0
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.drain_callback: Callable[[], None] | None = None
         self.lingered = 0
 
     # ----------------------------------------------------------------- transport events
@@ -593,6 +619,7 @@ class _Connection(asyncio.Protocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        self._drained()
         if server.open == 0:
             server._all_closed()
 
@@ -623,6 +650,13 @@ class _Connection(asyncio.Protocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        self._drained()
+
+    def _drained(self) -> None:
+        callback = self.drain_callback
+        if callback is not None:
+            self.drain_callback = None
+            callback()
 
     async def drain(self) -> None:
         """Wait until the write buffer is under its low mark (or the client is gone)."""

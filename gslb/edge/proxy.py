@@ -101,7 +101,8 @@ class _Tally:
     route: str = ""
     attempts: int = 0
     ttfb_s: float | None = None
-    bytes_in: int = 0  # relayed after an upgrade (the body is the listener's count)
+    # Relayed after an upgrade; the bodies are the listener's own counts.
+    bytes_in: int = 0
     bytes_out: int = 0
     status: int = 0
     error: str | None = None
@@ -257,7 +258,6 @@ class Proxy:
             headers.append((b"Retry-After", err.retry_after.encode()))
         headers += plan.route_headers(st)
         cycle.respond(err.status, headers, body)
-        st.bytes_out += len(body)
 
     @staticmethod
     def _aborted(st: _Tally, reason: str) -> None:
@@ -471,28 +471,22 @@ class Proxy:
         if not has_body or response.at_eof:
             # The whole body came with the first read: one response, one write.
             cycle.respond(response.status, headers, first)
-            st.bytes_out += len(first)
             return ex.finished()
         cycle.start(response.status, headers)
         try:
             await cycle.send(first)  # the head goes out with the first bytes, in one write
-            st.bytes_out += len(first)
-            while True:
-                try:
-                    data = await response.read()
-                except BodyError as exc:
-                    cycle.cut()
-                    stalled = exc.failure is Failure.TIMEOUT
-                    log.warning(
-                        "request %s: upstream %s mid-stream; cut",
-                        _text(st.request_id),
-                        "stalled" if stalled else "aborted",
-                    )
-                    return ex.stalled() if stalled else ex.aborted()
-                if not data:
-                    break
-                await cycle.send(data)  # waits while the client does not read: backpressure
-                st.bytes_out += len(data)
+            # The rest moves from the upstream's callbacks to the client's transport: no
+            # coroutine step per chunk; a client that does not read pauses the upstream.
+            await response.stream_to(cycle)
+        except BodyError as exc:
+            cycle.cut()
+            stalled = exc.failure is Failure.TIMEOUT
+            log.warning(
+                "request %s: upstream %s mid-stream; cut",
+                _text(st.request_id),
+                "stalled" if stalled else "aborted",
+            )
+            return ex.stalled() if stalled else ex.aborted()
         except RequestAborted:  # the client hung up while we wrote to it: 499
             st.status, st.error = 499, "client_closed"
             return ex.client_gone()
@@ -537,7 +531,7 @@ class Proxy:
             ttfb_s=st.ttfb_s,
             duration_s=self.clock() - st.started,
             bytes_in=st.bytes_in + cycle.received,  # the body, however far it got
-            bytes_out=st.bytes_out,
+            bytes_out=st.bytes_out + cycle.body_sent,
             country=st.country,
             client=st.client,
             error=st.error,

@@ -1018,3 +1018,83 @@ async def test_a_deadline_before_the_connect_timeout_is_the_requests_timeout() -
                 await fetch(pools, f"http://127.0.0.1:{port}", deadline=deadline(0.2))
     finally:
         pools.close()
+
+
+class _Sink:
+    """A relay's client side for ``stream_to``: records writes; ``full`` pauses it."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.full = False
+        self.drained: list[Callable[[], None]] = []
+
+    def write(self, data: bytes) -> None:
+        self.got += data
+
+    @property
+    def write_paused(self) -> bool:
+        return self.full
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        self.drained.append(callback)
+
+    def drain(self) -> None:
+        self.full = False
+        while self.drained:
+            self.drained.pop()()
+
+
+async def test_stream_to_relays_in_order_and_a_full_sink_pauses_the_upstream() -> None:
+    total = 8 * 1024 * 1024
+    sent = 0
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        nonlocal sent
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(total // 65536):
+            block = bytes([i % 251]) * 65536
+            w.write(b"%x\r\n%b\r\n" % (len(block), block))
+            sent += len(block)
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+        await r.read(1)
+
+    pools = UpstreamPools(PoolLimits(sweep_interval_s=0.02), plain)
+    try:
+        async with asyncio.timeout(30), RawUpstream(script) as origin:
+            resp = await pools.request(origin, b"GET", b"/", [], None, deadline=deadline())
+            sink = _Sink()
+            sink.full = True  # the client does not read: the first chunk pauses the upstream
+            done = resp.stream_to(sink)
+            await asyncio.sleep(0.3)
+            assert not done.done() and sink.drained  # waiting for the sink to drain
+            assert sent < total // 2  # the upstream is stuck: nothing piles up in gslb
+            stuck_at = len(sink.got)
+            sink.drain()  # from now on it takes everything
+            await done
+            assert len(sink.got) == total > stuck_at
+            expected = b"".join(bytes([i % 251]) * 65536 for i in range(total // 65536))
+            assert bytes(sink.got) == expected
+            resp.release()
+            assert pools.stats(origin).idle == 1  # the connection went back to the pool
+    finally:
+        pools.close()
+
+
+async def test_stream_to_fails_with_the_error_that_broke_the_body(pools: UpstreamPools) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        await w.drain()
+        await asyncio.sleep(0.05)
+
+    async with RawUpstream(script) as origin:
+        resp = await pools.request(origin, b"GET", b"/", [], None, deadline=deadline())
+        sink = _Sink()
+        with pytest.raises(TruncatedBody):
+            await asyncio.wait_for(resp.stream_to(sink), 5)
+        assert bytes(sink.got) == b"12345"
+        resp.release()
+        await eventually(lambda: pools.stats(origin).open == 0)  # never back to the pool

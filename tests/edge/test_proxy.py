@@ -541,18 +541,18 @@ async def test_client_hanging_up_mid_stream_is_a_499_not_an_error(
         await eventually(lambda: len(s.recorder.records) == 2)
         # 2. The race under load: upstream data and the client's reset arrive together, so
         # gslb's write hits the closing transport before the connection's loss is seen.
-        original = RequestCycle.send
+        original = RequestCycle.write
         calls = {"n": 0}
 
-        async def send(self: RequestCycle, data: bytes) -> None:
+        def write(self: RequestCycle, data: bytes) -> None:
             calls["n"] += 1
             if calls["n"] == 3:
                 transport = self._conn.transport
                 assert transport is not None
                 transport.abort()  # the reset lands just as gslb writes
-            await original(self, data)
+            original(self, data)
 
-        monkeypatch.setattr(RequestCycle, "send", send)
+        monkeypatch.setattr(RequestCycle, "write", write)
         async with s.request("GET", "/sse?events=5&interval_ms=20", NEW_YORK) as resp:
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(resp.read(), 10)
