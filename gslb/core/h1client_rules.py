@@ -16,8 +16,7 @@ connection may be retried is decided here, once (docs/design.md, the upstream si
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 # Framing headers gslb writes itself: the caller's copies are dropped (a stale
 # Content-Length next to a rewritten body, or a Transfer-Encoding on a body gslb frames
@@ -33,9 +32,10 @@ class HeadError(ValueError):
     """The caller's request head cannot be sent as it is (a field would split the head)."""
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedHead:
-    """A request head ready for the wire and how its body is framed."""
+class EncodedHead(NamedTuple):
+    """A request head ready for the wire and how its body is framed. A NamedTuple, not a
+    frozen dataclass: one is built per request, and a frozen dataclass's ``__init__`` costs
+    more (as ``h1framing.Framing``)."""
 
     data: bytes
     chunked: bool  # the streamed body goes out in chunked encoding

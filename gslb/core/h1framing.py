@@ -189,10 +189,10 @@ def frame_response(
         length = 0
     elif body_length is not None:
         length = body_length
-        out += (b"Content-Length: ", str(body_length).encode(), b"\r\n")
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
     elif app_length is not None:
         length = app_length
-        out += (b"Content-Length: ", str(app_length).encode(), b"\r\n")
+        out += (b"Content-Length: ", b"%d" % app_length, b"\r\n")
     elif http11:
         chunked = True
         out.append(b"Transfer-Encoding: chunked\r\n")

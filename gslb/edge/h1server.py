@@ -484,6 +484,49 @@ class Detached:
 class _Connection(asyncio.Protocol):
     """One client connection: parsing, the request queue, deadlines and flow control."""
 
+    # Slots: one per open connection, 10,000 of them in a worker holding streams.
+    __slots__ = (
+        "accepted",
+        "broken",
+        "buffered",
+        "closing",
+        "content_length",
+        "current",
+        "deadline",
+        "detached",
+        "done",
+        "drain_callback",
+        "drain_waiter",
+        "eof",
+        "expect",
+        "head_bytes",
+        "head_started",
+        "headers",
+        "in_head",
+        "kind",
+        "limits",
+        "lingered",
+        "loop",
+        "lost",
+        "parser",
+        "parsing",
+        "paused_at",
+        "peer",
+        "queue",
+        "raw",
+        "read_paused",
+        "runner",
+        "runner_waiter",
+        "server",
+        "te",
+        "tls",
+        "transport",
+        "upgrade_value",
+        "upgrading",
+        "url",
+        "write_paused",
+    )
+
     def __init__(self, server: H1Server) -> None:
         self.server = server
         self.limits = server.limits
