@@ -5,12 +5,15 @@ offending key (``regions[2].endpoints[0].url: ...``), so an operator can find it
 Unknown keys are errors: a typo must not silently fall back to a default.
 
 Parsing is pure (``parse_config`` takes a dict); ``load_config`` is the only function here that
-reads a file.
+reads a file. The one exception is ``[fleet]``: the credential and TLS files it names must exist
+when the config is loaded (a stat, never a read), so a typo fails at start, not at the first
+reconnect to NATS.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +53,10 @@ FORWARDED: Final = "forwarded"  # RFC 7239
 FORWARDED_LIST_HEADERS = (X_FORWARDED_FOR, FORWARDED)
 FORWARDED_SINGLE_HEADERS = ("x-real-ip", "true-client-ip", "cf-connecting-ip")
 FORWARDED_HEADERS = FORWARDED_LIST_HEADERS + FORWARDED_SINGLE_HEADERS
+# fleet.quorum: a majority of the edges that report on an endpoint, or a fixed count.
+QUORUM_MAJORITY: Final = "majority"
+# fleet.servers: the URL schemes nats-py dials.
+FLEET_URL_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 class ConfigError(ValueError):
@@ -229,6 +236,41 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """``[fleet]``: how this edge reaches NATS and who it is there (docs/design.md, fleet mode)."""
+
+    servers: tuple[str, ...]
+    edge: str
+    site: str
+    state_dir: str
+    # Credentials: at most one way. The password itself never sits in the file, only the
+    # name of the environment variable that holds it.
+    user: str = ""
+    password_env: str = ""
+    creds_file: str = ""
+    nkey_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    bucket: str = "gslb"
+    subject_prefix: str = "gslb"
+    # QUORUM_MAJORITY, or how many edges must see an endpoint down for it to be down fleet-wide.
+    quorum: int | str = QUORUM_MAJORITY
+    max_age_s: float = 5.0
+    publish_interval_s: float = 1.0
+
+    def votes_needed(self, reporters: int) -> int:
+        """Edges that must see an endpoint down, out of ``reporters`` that report on it.
+
+        A fixed quorum is not lowered when fewer edges report: then the endpoint cannot be
+        down fleet-wide, and each edge goes by its own view.
+        """
+        if isinstance(self.quorum, int):
+            return self.quorum
+        return reporters // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     geoip: GeoIPConfig
@@ -241,6 +283,8 @@ class Config:
     admin: AdminConfig
     log: LogConfig
     source: str = ""
+    # None: no [fleet] section, a standalone edge.
+    fleet: FleetConfig | None = None
 
     def region(self, name: str) -> RegionConfig:
         for r in self.regions:
@@ -738,6 +782,142 @@ def _log(t: _Table) -> LogConfig:
     return cfg
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _fleet_url(v: Any, path: str) -> str:
+    s = _str(v, path)
+    # Before anything that echoes the URL: a password in it must not reach the error line.
+    if "@" in s:
+        raise ConfigError(
+            path,
+            "URL must not carry credentials (use user + password_env, creds_file or nkey_file)",
+        )
+    try:
+        u = urlsplit(s)
+        port = u.port
+    except ValueError as exc:
+        raise ConfigError(path, f"invalid URL {s!r}: {exc}") from None
+    if u.scheme not in FLEET_URL_SCHEMES:
+        schemes = ", ".join(f"{x}://" for x in FLEET_URL_SCHEMES)
+        raise ConfigError(path, f"URL must start with {schemes}; got {s!r}")
+    if not u.hostname:
+        raise ConfigError(path, f"URL has no host: {s!r}")
+    if u.query or u.fragment:
+        raise ConfigError(path, "URL must not have a query or fragment")
+    if u.path not in ("", "/") and u.scheme not in ("ws", "wss"):
+        raise ConfigError(path, "a nats:// or tls:// URL has no path")
+    if port == 0:
+        raise ConfigError(path, "URL port must not be 0")
+    return s
+
+
+def _token(v: Any, path: str) -> str:
+    s = _str(v, path)
+    if not _TOKEN.fullmatch(s):
+        raise ConfigError(path, f"{s!r} is not a NATS-safe name (letters, digits, '-', '_')")
+    return s
+
+
+def _env_name(v: Any, path: str) -> str:
+    s = _str(v, path)
+    if not _ENV_NAME.fullmatch(s):
+        raise ConfigError(
+            path, f"{s!r} is not an environment variable name (the NAME, not the password)"
+        )
+    return s
+
+
+def _nonempty(v: Any, path: str) -> str:
+    s = _str(v, path)
+    if not s:
+        raise ConfigError(path, "must not be empty")
+    return s
+
+
+def _existing_file(v: Any, path: str) -> str:
+    s = _nonempty(v, path)
+    if not Path(s).is_file():
+        raise ConfigError(path, f"{s} does not exist or is not a file")
+    return s
+
+
+def _quorum(v: Any, path: str) -> int | str:
+    if v == QUORUM_MAJORITY:
+        return QUORUM_MAJORITY
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(path, f'must be "majority" or an integer >= 1, got {v!r}')
+    return v
+
+
+def _fleet(t: _Table) -> FleetConfig:
+    if t.has("password"):
+        raise ConfigError(
+            t.key_path("password"),
+            "a password never goes into the file: put it in an environment variable and "
+            "name that variable with password_env",
+        )
+    servers = t.require("servers", _list(_fleet_url))
+    if not servers:
+        raise ConfigError(t.key_path("servers"), "must list at least one NATS URL")
+    for i, url in enumerate(servers):
+        if url in servers[:i]:
+            raise ConfigError(f"{t.key_path('servers')}[{i}]", f"duplicate URL {url}")
+    edge = t.require("edge", _name)
+    pos = _ranged(_num, 0, lo_open=True)
+    d = FleetConfig(servers=(), edge="", site="", state_dir="")
+    cfg = FleetConfig(
+        servers=servers,
+        edge=edge,
+        site=t.get("site", _name, edge),
+        state_dir=t.require("state_dir", _nonempty),
+        user=t.get("user", _nonempty, d.user),
+        password_env=t.get("password_env", _env_name, d.password_env),
+        creds_file=t.get("creds_file", _existing_file, d.creds_file),
+        nkey_file=t.get("nkey_file", _existing_file, d.nkey_file),
+        tls_ca_file=t.get("tls_ca_file", _existing_file, d.tls_ca_file),
+        tls_cert_file=t.get("tls_cert_file", _existing_file, d.tls_cert_file),
+        tls_key_file=t.get("tls_key_file", _existing_file, d.tls_key_file),
+        bucket=t.get("bucket", _token, d.bucket),
+        subject_prefix=t.get("subject_prefix", _token, d.subject_prefix),
+        quorum=t.get("quorum", _quorum, d.quorum),
+        max_age_s=t.get("max_age_s", pos, d.max_age_s),
+        publish_interval_s=t.get("publish_interval_s", pos, d.publish_interval_s),
+    )
+    _check_fleet_credentials(t, cfg)
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ConfigError(
+            t.key_path("tls_cert_file"), "tls_cert_file and tls_key_file must be set together"
+        )
+    if cfg.publish_interval_s >= cfg.max_age_s:
+        # Every observation would be stale before the next one arrives.
+        raise ConfigError(t.key_path("publish_interval_s"), "must be < max_age_s")
+    t.done()
+    return cfg
+
+
+def _check_fleet_credentials(t: _Table, cfg: FleetConfig) -> None:
+    if bool(cfg.user) != bool(cfg.password_env):
+        missing = "password_env" if cfg.user else "user"
+        raise ConfigError(t.key_path(missing), "user and password_env must be set together")
+    ways = [
+        key
+        for key, value in (
+            ("user", cfg.user),
+            ("creds_file", cfg.creds_file),
+            ("nkey_file", cfg.nkey_file),
+        )
+        if value
+    ]
+    if len(ways) > 1:
+        raise ConfigError(
+            t.key_path(ways[1]),
+            f"choose one way to authenticate, not {' and '.join(ways)}: "
+            "user + password_env, creds_file or nkey_file",
+        )
+
+
 # --------------------------------------------------------------------------- whole file
 
 
@@ -787,6 +967,7 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> Config:
         admin=_admin(_Table(top.raw("admin") or {}, "admin")),
         log=_log(_Table(top.raw("log") or {}, "log")),
         source=source,
+        fleet=_fleet(_Table(top.raw("fleet"), "fleet")) if top.has("fleet") else None,
     )
     top.done()
     return cfg

@@ -229,6 +229,18 @@ def test_check_config_accepts_good_tls_and_log_files(tmp_path: Path) -> None:
     assert not log_file.exists()  # checked, not created
 
 
+def test_a_fleet_mode_file_is_refused_not_ignored(tmp_path: Path) -> None:
+    """Until `serve` joins a fleet, a [fleet] section is refused by name (exit 2), never run
+    as if it were not there."""
+    cfg = start_up_config(tmp_path)
+    fleet = f'[fleet]\nservers = ["nats://127.0.0.1:4222"]\nedge = "e1"\nstate_dir = "{tmp_path}"\n'
+    cfg.write_text(fleet + cfg.read_text())
+    res = gslb("check-config", str(cfg))
+    assert res.returncode == 2
+    assert "fleet: gslb serve does not join a fleet yet" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 # --------------------------------------------------------------------------- route
 
 
