@@ -864,13 +864,13 @@ def _fleet(t: _Table) -> FleetConfig:
     for i, url in enumerate(servers):
         if url in servers[:i]:
             raise ConfigError(f"{t.key_path('servers')}[{i}]", f"duplicate URL {url}")
-    edge = t.require("edge", _name)
+    edge = t.require("edge", _token)
     pos = _ranged(_num, 0, lo_open=True)
     d = FleetConfig(servers=(), edge="", site="", state_dir="")
     cfg = FleetConfig(
         servers=servers,
         edge=edge,
-        site=t.get("site", _name, edge),
+        site=t.get("site", _token, edge),
         state_dir=t.require("state_dir", _nonempty),
         user=t.get("user", _nonempty, d.user),
         password_env=t.get("password_env", _env_name, d.password_env),

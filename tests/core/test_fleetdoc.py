@@ -145,9 +145,10 @@ def test_every_fleet_key_is_read(files: dict[str, str]) -> None:
         ({"servers": '["nats://h:1", "tls://g:2", "nats://h:1"]'}, "fleet.servers[2]", "duplicate"),
         ({"servers": "[4222]"}, "fleet.servers[0]", "expected a string"),
         ({"edge": None}, "fleet.edge", "is required"),
-        ({"edge": '"nyc 1"'}, "fleet.edge", "valid name"),
-        ({"edge": '""'}, "fleet.edge", "valid name"),
-        ({"site": '"a/b"'}, "fleet.site", "valid name"),
+        ({"edge": '"nyc 1"'}, "fleet.edge", "NATS-safe name"),
+        ({"edge": '""'}, "fleet.edge", "NATS-safe name"),
+        ({"edge": '"nyc.1"'}, "fleet.edge", "NATS-safe name"),  # a dot splits a subject
+        ({"site": '"a/b"'}, "fleet.site", "NATS-safe name"),
         ({"state_dir": None}, "fleet.state_dir", "is required"),
         ({"state_dir": '""'}, "fleet.state_dir", "must not be empty"),
         ({"state_dir": "1"}, "fleet.state_dir", "expected a string"),
