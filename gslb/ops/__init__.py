@@ -2,8 +2,9 @@
 
 The admin API and status page, the control fan-out to worker processes and the supervisor,
 the periodic runner that probes endpoints and scrapes their load, metrics, the access log,
-recent activity, and the start-up checks shared by ``serve`` and ``check-config``.
+recent activity, the start-up checks shared by ``serve`` and ``check-config``, and the fleet's
+store on NATS JetStream KV (``fleetstore``).
 
-May import: ``gslb.core``, ``gslb.edge`` (the worker it controls), ``aiohttp``, ``asyncio``
-and the standard library.
+May import: ``gslb.core``, ``gslb.edge`` (the worker it controls), ``aiohttp``, ``nats``,
+``asyncio`` and the standard library.
 """
