@@ -100,6 +100,8 @@ class ServerConfig:
     # MinRate): a client that trickles a byte a second is never idle, yet it is cut.
     min_upload_rate: float = 1024.0
     min_upload_grace_s: float = 10.0
+    # A client that reads nothing of a response for this long is cut (a slow-read client).
+    send_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,6 +520,7 @@ def _server(t: _Table) -> ServerConfig:
         body_timeout_s=t.get("body_timeout_s", pos, d.body_timeout_s),
         min_upload_rate=t.get("min_upload_rate", _ranged(_num, 0), d.min_upload_rate),
         min_upload_grace_s=t.get("min_upload_grace_s", _ranged(_num, 0), d.min_upload_grace_s),
+        send_timeout_s=t.get("send_timeout_s", pos, d.send_timeout_s),
     )
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError(t.key_path("tls_cert"), "tls_cert and tls_key must be set together")

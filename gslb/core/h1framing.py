@@ -36,6 +36,9 @@ class ServerLimits:
     write_high_water: int = 65536  # the transport's write buffer marks
     write_low_water: int = 16384
     max_pipelined: int = 32  # parsed requests waiting their turn before reading pauses
+    # A client that reads nothing of what gslb sends for this long is cut (nginx's
+    # send_timeout): a slow reader cannot hold a stream, and its upstream, forever.
+    send_timeout_s: float = 60.0
     linger_s: float = 2.0  # reading (and dropping) after a refusal, so the client sees it
     sweep_s: float = 0.2  # how often deadlines are checked
 

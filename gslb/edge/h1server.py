@@ -525,6 +525,7 @@ class _Connection(asyncio.Protocol):
         "upgrading",
         "url",
         "write_paused",
+        "write_paused_at",
     )
 
     def __init__(self, server: H1Server) -> None:
@@ -568,6 +569,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.drain_callback: Callable[[], None] | None = None
+        self.write_paused_at = 0.0
         self.lingered = 0
 
     # ----------------------------------------------------------------- transport events
@@ -687,6 +689,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.server.now
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -1040,6 +1043,15 @@ class _Connection(asyncio.Protocol):
         elif kind == _RELAY and self.detached is not None:
             self.detached._idle(now)
 
+    def slow_reader(self) -> None:
+        """The client read nothing of what was sent for ``send_timeout_s``: cut it (what is
+        buffered for it cannot be delivered anyway); its handler is cancelled."""
+        self.server.slow_readers += 1
+        self.write_paused = False
+        log.info("closing a connection whose client stopped reading")
+        if self.transport is not None:
+            self.transport.abort()
+
     # ----------------------------------------------------------------- flow control
 
     def _write(self, data: bytes) -> None:
@@ -1108,6 +1120,7 @@ class H1Server:
         self.slow_headers = 0
         self.slow_bodies = 0
         self.idle_closed = 0
+        self.slow_readers = 0  # cut after send_timeout_s without reading
         self.requests = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._ssl: ssl_.SSLContext | None = None
@@ -1151,9 +1164,12 @@ class H1Server:
 
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
+        send_timeout = self.limits.send_timeout_s
         for conn in list(self.connections):
             if conn.kind:
                 conn.tick(now)
+            if conn.write_paused and now - conn.write_paused_at >= send_timeout:
+                conn.slow_reader()
         if self.closing and not self.connections:
             self._sweeper = None
             return

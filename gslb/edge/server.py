@@ -55,6 +55,7 @@ def server_limits(cfg: Config) -> ServerLimits:
         body_timeout_s=s.body_timeout_s,
         min_upload_rate=s.min_upload_rate,
         min_upload_grace_s=s.min_upload_grace_s,
+        send_timeout_s=s.send_timeout_s,
     )
 
 

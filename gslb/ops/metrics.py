@@ -110,6 +110,7 @@ class ListenerCounts(Protocol):
     refused: int
     slow_headers: int
     slow_bodies: int
+    slow_readers: int
     idle_closed: int
 
 
@@ -147,11 +148,12 @@ class ConnectionCollector(Collector):
             )
             slow = CounterMetricFamily(
                 "gslb_slow_clients",
-                "Client connections cut for sending too slowly, by what was slow.",
+                "Client connections cut for being too slow: sending headers or a body, or reading.",
                 labels=["phase"],
             )
             slow.add_metric(["headers"], listener.slow_headers)
             slow.add_metric(["body"], listener.slow_bodies)
+            slow.add_metric(["read"], listener.slow_readers)
             yield slow
             yield CounterMetricFamily(
                 "gslb_client_keepalive_closed",

@@ -738,6 +738,34 @@ async def test_a_client_that_does_not_read_makes_send_wait() -> None:
         assert resp.body == piece * 1000
 
 
+async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout() -> None:
+    """A slow-read client (it sends a request, then never reads) cannot hold its response,
+    and what the handler awaits for it, open forever."""
+    outcome: list[str] = []
+    piece = b"s" * 16384
+
+    async def app(cycle: RequestCycle) -> None:
+        cycle.start(200, [])
+        try:
+            while True:
+                await cycle.send(piece)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        except RequestAborted:
+            outcome.append("aborted")
+
+    async with running(app, send_timeout_s=0.5, sweep_s=0.05) as lst:
+        _r, w = await lst.connect()
+        w.write(get())
+        t0 = time.monotonic()
+        await eventually(lambda: lst.server.slow_readers == 1, timeout=5)
+        assert 0.45 < time.monotonic() - t0 < 3
+        await eventually(lambda: not lst.server.connections and bool(outcome))
+        assert outcome in (["cancelled"], ["aborted"])  # the handler is not left waiting
+        w.close()
+
+
 async def test_a_slow_app_pauses_the_socket() -> None:
     go = asyncio.Event()
     digest: list[str] = []
