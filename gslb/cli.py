@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gslb.core.config import Config, ConfigError, load_config, parse_hostport
+from gslb.core.config import Config, ConfigError, load_config, parse_hostport, parse_toml
 
 if TYPE_CHECKING:
     from gslb.core.config import HostPort
@@ -63,6 +64,18 @@ def _discard_stdout() -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from gslb.ops.preflight import preflight
 
+    if fleet_mode(args.file) is not None:  # an edge's own file: the rest comes from NATS
+        from gslb.core.fleetdoc import parse_local
+
+        try:
+            local = parse_local(Path(args.file).read_text(encoding="utf-8"), args.file)
+        except ConfigError as exc:
+            raise UsageError(f"invalid config: {exc}") from None
+        _emit(
+            f"{args.file}: ok (fleet mode: edge {local.fleet.edge}; the fleet document comes "
+            f"from {', '.join(local.fleet.servers)})"
+        )
+        return 0
     cfg = _load(args.file)
     try:  # the same start-up checks as `serve`, so "ok" means serve will start
         preflight(cfg)
@@ -170,9 +183,60 @@ def serve_config(args: argparse.Namespace) -> tuple[str, Config, ListenOverrides
     return text, cfg, overrides
 
 
+def fleet_mode(path: str) -> str | None:
+    """The file's text when it is an edge's own file in fleet mode (it has ``[fleet]``)."""
+    from gslb.core.fleetdoc import FLEET, read_toml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return text if FLEET in read_toml(text, path) else None
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None  # the usual path reports it
+
+
+def cmd_serve_fleet(args: argparse.Namespace, text: str) -> int:
+    """``serve`` for an edge in fleet mode: boot from the kept or current fleet document (or
+    wait, not ready, for the first one), then serve and follow the document."""
+    import asyncio
+
+    from gslb.core.fleetdoc import parse_local
+    from gslb.ops.fleetagent import FleetAgent, serve_unready
+    from gslb.ops.preflight import preflight
+    from gslb.ops.supervisor import serve
+
+    overrides = _overrides(args)
+    try:
+        local = parse_local(text, args.config)
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from None
+    if args.log_level is None:
+        logging.getLogger().setLevel(local.log.level.upper())
+    agent = FleetAgent(text, args.config, local.fleet)
+
+    async def boot() -> str:
+        try:
+            whole = await agent.boot(connect_s=2.0)
+            return whole if whole is not None else await serve_unready(local, agent)
+        finally:
+            await agent.close()  # its NATS connection belongs to this event loop
+
+    try:
+        whole = asyncio.run(boot())
+        cfg = overrides.apply(parse_toml(whole, args.config))
+        preflight(cfg)
+    except ConfigError as exc:
+        raise UsageError(f"invalid config: {exc}") from None
+    except KeyboardInterrupt:
+        return 0
+    return serve(cfg, whole, args.config, args.workers, overrides, agent=agent)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gslb.ops.supervisor import serve
 
+    fleet_text = fleet_mode(args.config)
+    if fleet_text is not None:
+        return cmd_serve_fleet(args, fleet_text)
     text, cfg, overrides = serve_config(args)
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.log.level.upper())
@@ -294,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     fr = sub.add_parser("fake-region", help="a simulated OpenAI-compatible inference server")
     add_arguments(fr)
     fr.set_defaults(func=cmd_fake_region)
+
+    from gslb.ops import fleetcli  # its commands import nats-py only when they run
+
+    fleetcli.add_parser(sub)
     return p
 
 

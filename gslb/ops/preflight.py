@@ -45,13 +45,6 @@ def read_config(path: str) -> tuple[str, Config]:
 
 def preflight(cfg: Config) -> None:
     """Everything ``serve`` refuses at start; raises ``ConfigError`` naming the config key."""
-    if cfg.fleet is not None:
-        # The fleet document, its store and the edge's side of it exist (gslb.core.fleetdoc,
-        # gslb.ops.fleetstore); serving from them does not yet. Refused, never ignored.
-        raise ConfigError(
-            "fleet",
-            "gslb serve does not join a fleet yet: remove [fleet] to serve this file on its own",
-        )
     listener_tls(cfg)
     build_runtime(cfg)  # every region's upstream TLS files (CA bundle, client certificate)
     check_geoip(cfg)

@@ -46,6 +46,7 @@ from gslb.edge.server import (
 )
 from gslb.ops.admin import Admin, load_token
 from gslb.ops.control import LocalControl, RemoteControl, control_app
+from gslb.ops.fleetagent import FleetAgent
 from gslb.ops.preflight import ListenOverrides, preflight, read_config
 
 log = logging.getLogger("gslb.ops.supervisor")
@@ -117,7 +118,11 @@ def settle_heap() -> None:
 
 
 async def run_single(
-    cfg: Config, path: str, sock: socket.socket, overrides: ListenOverrides
+    cfg: Config,
+    path: str,
+    sock: socket.socket,
+    overrides: ListenOverrides,
+    agent: FleetAgent | None = None,
 ) -> None:
     raise_fd_limit(cfg)
     worker = PinnedWorker(cfg, overrides, sock)
@@ -133,8 +138,21 @@ async def run_single(
     stop = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
 
+    async def apply(text: str) -> str | None:
+        result = await control.reload(text)
+        if not result["ok"]:
+            return str(result.get("error") or "refused")
+        admin.token = load_token(worker.cfg.admin)
+        return None
+
+    if agent is not None:
+        agent.start(apply, control.drain)
+
     def reload() -> None:
         async def go() -> None:
+            if agent is not None:  # fleet mode: the edge's file, with the running document
+                await agent.reapply()
+                return
             result = await control.reload()
             if result["ok"]:
                 admin.token = load_token(worker.cfg.admin)
@@ -149,6 +167,8 @@ async def run_single(
     )
     await stop.wait()
     log.warning("stopping: draining in-flight requests (grace %.0fs)", cfg.server.shutdown_grace_s)
+    if agent is not None:
+        await agent.close()
     await admin_runner.cleanup()
     await worker.stop()
 
@@ -186,8 +206,15 @@ async def run_worker_process(
 
 class Supervisor:
     def __init__(
-        self, cfg: Config, text: str, path: str, workers: int, overrides: ListenOverrides
+        self,
+        cfg: Config,
+        text: str,
+        path: str,
+        workers: int,
+        overrides: ListenOverrides,
+        agent: FleetAgent | None = None,
     ) -> None:
+        self.agent = agent
         self.cfg = cfg
         self.text = text  # the config last accepted: what a (re)started worker runs
         self.path = str(Path(path).resolve())
@@ -260,6 +287,14 @@ class Supervisor:
             def reopen() -> None:
                 self.signal_all(signal.SIGUSR1)
 
+            if self.agent is not None:
+                agent = self.agent
+
+                async def apply(text: str) -> str | None:
+                    return await self.apply_text(control, admin, text)
+
+                agent.start(apply, control.drain)
+
             _signals(stop, reload, reopen)
             log.warning(
                 "gslb serving on %s (admin %s), %d workers",
@@ -270,6 +305,8 @@ class Supervisor:
             await stop.wait()
             await admin_runner.cleanup()
         finally:
+            if self.agent is not None:
+                await self.agent.close()
             self.stopping = True
             self.signal_all(signal.SIGTERM)
             await asyncio.gather(*(p.wait() for p in self.procs if p is not None))
@@ -278,14 +315,26 @@ class Supervisor:
             shutil.rmtree(self.rundir, ignore_errors=True)
 
     async def reload(self, control: RemoteControl, admin: Admin) -> None:
+        if self.agent is not None:  # fleet mode: the edge's file, with the running document
+            await self.agent.reapply()
+            return
         try:
-            text, raw = read_config(self.path)  # one read: the text checked is the text sent
-            cfg = self.overrides.apply(raw)
+            text, _ = read_config(self.path)  # one read: the text checked is the text sent
+        except ConfigError as exc:
+            log.error("reload refused: %s", exc)
+            return
+        await self.apply_text(control, admin, text)
+
+    async def apply_text(self, control: RemoteControl, admin: Admin, text: str) -> str | None:
+        """Check ``text`` as ``serve`` does at start and send it to every worker; None when
+        it runs now, else why not."""
+        try:
+            cfg = self.overrides.apply(parse_toml(text, self.path))
             # A worker restarted later starts from this config: refuse what it could not.
             await asyncio.to_thread(preflight, cfg)
         except ConfigError as exc:
             log.error("reload refused: %s", exc)
-            return
+            return str(exc)
         if (cfg.server.listen, cfg.server.admin_listen) != (
             self.pins.listen,
             self.pins.admin_listen,
@@ -298,8 +347,9 @@ class Supervisor:
             self.cfg = cfg
             self.text = text
             admin.token = load_token(cfg.admin)
-        else:
-            log.error("reload failed: %s", result.get("error"))
+            return None
+        log.error("reload failed: %s", result.get("error"))
+        return str(result.get("error") or "refused by a worker")
 
     def signal_all(self, sig: int) -> None:
         for p in self.procs:
@@ -317,6 +367,7 @@ def serve(
     path: str,
     workers: int | None = None,
     overrides: ListenOverrides | None = None,
+    agent: FleetAgent | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns an exit status.
 
@@ -335,9 +386,9 @@ def serve(
                 sock = bind_reuseport(listen.host, listen.port)
             except OSError as exc:
                 raise ListenError(_listen_message(listen, "public listener", exc)) from None
-            asyncio.run(run_single(cfg, path, sock, overrides))
+            asyncio.run(run_single(cfg, path, sock, overrides, agent))
         else:
-            asyncio.run(Supervisor(cfg, text, path, n, overrides).run())
+            asyncio.run(Supervisor(cfg, text, path, n, overrides, agent).run())
     except ListenError as exc:
         print(f"gslb: {exc}", file=sys.stderr)
         return 1

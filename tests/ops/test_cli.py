@@ -229,16 +229,21 @@ def test_check_config_accepts_good_tls_and_log_files(tmp_path: Path) -> None:
     assert not log_file.exists()  # checked, not created
 
 
-def test_a_fleet_mode_file_is_refused_not_ignored(tmp_path: Path) -> None:
-    """Until `serve` joins a fleet, a [fleet] section is refused by name (exit 2), never run
-    as if it were not there."""
+def test_check_config_on_an_edges_own_file_in_fleet_mode(tmp_path: Path) -> None:
+    """With [fleet], the edge's file holds only local sections (the rest comes from the fleet
+    document); a fleet-wide section in it is refused by name, exit 2, never ignored."""
     cfg = start_up_config(tmp_path)
     fleet = f'[fleet]\nservers = ["nats://127.0.0.1:4222"]\nedge = "e1"\nstate_dir = "{tmp_path}"\n'
     cfg.write_text(fleet + cfg.read_text())
     res = gslb("check-config", str(cfg))
     assert res.returncode == 2
-    assert "fleet: gslb serve does not join a fleet yet" in res.stderr
+    assert "regions: with [fleet], [[regions]] comes from the fleet document" in res.stderr
     assert "Traceback" not in res.stderr
+    own = tmp_path / "edge.toml"
+    own.write_text(fleet + '[server]\nlisten = "127.0.0.1:0"\n[log]\naccess = "off"\n')
+    res = gslb("check-config", str(own))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{own}: ok (fleet mode: edge e1;")
 
 
 # --------------------------------------------------------------------------- route
