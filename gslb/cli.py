@@ -272,9 +272,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.region_port_base is not None and not 1 <= args.region_port_base <= 65000:
         raise UsageError("--region-port-base: expected a port number from 1 to 65000")
     cfg = with_ports(cfg, args.listen, args.admin_listen, args.region_port_base)
+    if args.fleet is not None:
+        return _fleet_demo(args, cfg)
     install_uvloop()
     try:
         asyncio.run(run_demo(cfg))
+    except OSError as exc:
+        print(f"gslb: demo could not start: {exc} (is another demo running?)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fleet_demo(args: argparse.Namespace, cfg: Config) -> int:
+    import asyncio
+    from importlib import resources
+
+    from gslb.sim.fleetdemo import DemoError, run_fleet_demo
+
+    if args.config:
+        text = Path(args.config).read_text(encoding="utf-8")
+    else:
+        text = resources.files("gslb").joinpath("data/demo.toml").read_text(encoding="utf-8")
+    try:
+        asyncio.run(run_fleet_demo(cfg, text, args.fleet))
+    except DemoError as exc:
+        print(f"gslb: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"gslb: demo could not start: {exc} (is another demo running?)", file=sys.stderr)
         return 1
@@ -285,6 +308,18 @@ def cmd_fake_region(args: argparse.Namespace) -> int:
     from gslb.sim.fakeregion import main_from_args
 
     return main_from_args(args)
+
+
+def _edges(value: str) -> int:
+    from gslb.sim.fleetdemo import MAX_EDGES
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_EDGES:
+        raise argparse.ArgumentTypeError(f"expected a number of edges from 1 to {MAX_EDGES}")
+    return n
 
 
 def _workers(value: str) -> int:
@@ -351,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--listen", default=None, help="HOST:PORT for the proxy")
     dm.add_argument("--admin-listen", default=None, help="HOST:PORT for the admin listener")
     dm.add_argument("--region-port-base", type=int, default=None, help="first fake-region port")
+    dm.add_argument(
+        "--fleet",
+        type=_edges,
+        default=None,
+        metavar="N",
+        help="N edges at N simulated sites, one config on NATS JetStream (needs nats-server)",
+    )
     dm.set_defaults(func=cmd_demo)
 
     from gslb.sim.fakeregion import add_arguments
