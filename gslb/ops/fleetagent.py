@@ -33,10 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from gslb.core.config import ConfigError, FleetConfig
 from gslb.core.fleetdoc import LocalConfig, compose, document_digest
 from gslb.core.h1framing import ServerLimits
+from gslb.edge import h1server
+from gslb.edge.h1server import RequestCycle
+from gslb.edge.logsafety import RefusalLog, Refusals
+from gslb.edge.server import bind_reuseport
 from gslb.ops.fleetcli import edge_doc
 from gslb.ops.fleetstore import FleetError, FleetStore
 
@@ -120,8 +125,11 @@ class FleetAgent:
         may be down: static stability), else NATS's current one; None when neither exists."""
         kept = self.saved()
         if kept is not None:
-            with contextlib.suppress(ConfigError):
+            try:
                 text = self.check(kept[1], kept[0])
+            except ConfigError as exc:  # this edge's own file changed under it
+                log.error("fleet: the kept document r%d no longer fits: %s", kept[0], exc)
+            else:
                 self.revision, self.document = kept
                 log.warning("fleet: starting from the kept document r%d", kept[0])
                 return text
@@ -302,13 +310,6 @@ async def serve_unready(local: LocalConfig, agent: FleetAgent) -> str:
     """An edge with no fleet document yet: it listens, but is not ready (``/readyz`` 503) and
     answers every request 503 ``no_config``, until the first document it can run arrives.
     Returns that document's whole config text; both listeners are closed again."""
-    from aiohttp import web
-
-    from gslb.edge import h1server
-    from gslb.edge.h1server import RequestCycle
-    from gslb.edge.logsafety import RefusalLog, Refusals
-    from gslb.edge.server import bind_reuseport
-
     body = orjson.dumps({"error": "no_config", "message": "no fleet document yet"})
     head = [(b"Content-Type", b"application/json"), (b"Retry-After", b"5")]
 
