@@ -26,20 +26,12 @@ from gslb.core.fleetdoc import (
     parse_local,
     validate_document,
 )
+from tests.core.test_config import MINIMAL
 from tests.fleet import fleet_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REGION = """
-[[regions]]
-name = "r1"
-location = [45.5, -73.57]
-provider = "aws"
-jurisdiction = "CA"
-capacity = 8
-  [[regions.endpoints]]
-  url = "http://127.0.0.1:9000"
-"""
+REGION = MINIMAL  # one region with one endpoint, as the config tests use it
 CANADA_RULE = '[[residency]]\nname = "ca"\ncountries = ["CA"]\nallow_jurisdictions = ["CA"]\n'
 # The keys [fleet] cannot do without; a test case overrides or removes them.
 REQUIRED = {"servers": '["nats://127.0.0.1:4222"]', "edge": '"nyc-1"', "state_dir": '"{state}"'}
