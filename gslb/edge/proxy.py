@@ -64,6 +64,7 @@ SPILL_REASON: Final = REASONS[SPILL]
 _JSON: Final = (b"Content-Type", b"application/json")
 _CLIENT_GONE: Final = "client_gone"
 _CACHE_MAX: Final = 65536  # addresses remembered per config: a bound, not a tuning knob
+_CACHED_LINES_MAX: Final = 256  # characters of address-header lines in one cache key
 
 
 class GslbError(Exception):
@@ -178,9 +179,12 @@ class _Plan:
         if hit is None:
             ip = client_ip(peer, lines, self.trusted, self.source)
             hit = (ip, _client_label(ip, self.client_ip_mode))
-            if len(self.clients) >= _CACHE_MAX:
-                self.clients.clear()
-            self.clients[key] = hit
+            # The lines are the client's own bytes: only short ones are kept, so a client
+            # that sends a new 8 KiB header each time cannot fill memory with cache keys.
+            if sum(map(len, lines)) <= _CACHED_LINES_MAX:
+                if len(self.clients) >= _CACHE_MAX:
+                    self.clients.clear()
+                self.clients[key] = hit
         return hit
 
     def route_headers(self, st: _Tally) -> RawHeaders:

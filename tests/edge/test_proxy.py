@@ -607,3 +607,20 @@ async def test_an_internal_bug_is_a_json_500_never_a_traceback(
         monkeypatch.undo()
         async with s.request("GET", "/v1/models", NEW_YORK) as resp:
             assert resp.status == 200  # and the worker keeps serving
+
+
+async def test_long_forwarding_headers_are_placed_but_not_kept(tmp_path: Path) -> None:
+    """The per-config cache of client placements keys on the client's own header bytes:
+    long, ever-new X-Forwarded-For lines are walked and routed like any, but never kept."""
+    async with stack(tmp_path) as s:
+        assert s.worker.proxy is not None
+        for i in range(20):
+            # Made-up hops first, then the address our trusted peer appended: Toronto.
+            padding = ", ".join(f"10.{i}.{j // 250}.{j % 250}" for j in range(40))
+            async with s.request("GET", "/v1/models", f"{padding}, {TORONTO}") as r:
+                assert r.status == 200 and r.headers["X-GSLB-Region"] == "ca-central"
+        async with s.request("GET", "/v1/models", TORONTO) as r:
+            assert r.headers["X-GSLB-Region"] == "ca-central"
+        clients = s.worker.proxy.plan().clients
+        assert len(clients) == 1  # only the short line was kept
+        assert all(sum(map(len, key[1:])) <= 256 for key in clients)
