@@ -145,8 +145,9 @@ class FleetAgent:
                 except ConfigError as exc:
                     await self._report(revision, str(exc))
                     return None
-                self._persist(revision, document)
                 self.revision, self.document = revision, document
+                with contextlib.suppress(OSError):  # kept next time, when it can be
+                    self._persist(revision, document)
                 return text
         return None
 
@@ -165,8 +166,9 @@ class FleetAgent:
                     except ConfigError as exc:
                         await self._report(revision, str(exc))
                         continue
-                    self._persist(revision, document)
                     self.revision, self.document = revision, document
+                    with contextlib.suppress(OSError):  # kept next time, when it can be
+                        self._persist(revision, document)
                     await self._report(revision, None)
                     return text
             except FleetError:
@@ -234,10 +236,14 @@ class FleetAgent:
         reason = await self.apply(text)
         if reason is not None:
             return await self._refused(revision, reason)
-        self._persist(revision, document)
         self.revision, self.document, self.error = revision, document, None
+        try:
+            self._persist(revision, document)
+        except OSError as exc:  # it runs; only a boot without NATS would miss it
+            self.error = f"r{revision}: applied, but not kept in state_dir: {exc.strerror}"
+            log.error("fleet: %s", self.error)
         log.warning("fleet: applied document r%d", revision)
-        await self._report(revision, None)
+        await self._report(revision, self.error)
         return True
 
     async def reapply(self) -> str | None:
