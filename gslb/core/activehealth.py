@@ -63,6 +63,15 @@ class ActiveHealth:
             return self._mark_down(region, ep, "failed the first health check")
         return Transition.NONE
 
+    def set_up(self, ep: EndpointState, up: bool) -> Transition:
+        """Take another prober's verdict (the supervisor's, shared with its workers)."""
+        region = self.fleet.regions[ep.region]
+        if up and not ep.up:
+            return self._mark_up(region, ep)
+        if not up and ep.up:
+            return self._mark_down(region, ep, "the instance's health checks failed")
+        return Transition.NONE
+
     def _mark_up(self, region: RegionState, ep: EndpointState) -> Transition:
         ep.up = True
         self.log.info(

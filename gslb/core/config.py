@@ -12,6 +12,7 @@ reconnect to NATS.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -102,6 +103,9 @@ class ServerConfig:
     min_upload_grace_s: float = 10.0
     # A client that reads nothing of a response for this long is cut (a slow-read client).
     send_timeout_s: float = 60.0
+    # The local address connections to upstreams leave from (nginx's proxy_bind): an edge
+    # host with several interfaces picks the path to the regions. Empty: the kernel's choice.
+    source_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,11 +525,20 @@ def _server(t: _Table) -> ServerConfig:
         min_upload_rate=t.get("min_upload_rate", _ranged(_num, 0), d.min_upload_rate),
         min_upload_grace_s=t.get("min_upload_grace_s", _ranged(_num, 0), d.min_upload_grace_s),
         send_timeout_s=t.get("send_timeout_s", pos, d.send_timeout_s),
+        source_address=t.get("source_address", _ip_literal, d.source_address),
     )
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise ConfigError(t.key_path("tls_cert"), "tls_cert and tls_key must be set together")
     t.done()
     return cfg
+
+
+def _ip_literal(v: Any, path: str) -> str:
+    text = _str(v, path)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(path, f"expected an IP address, got {text[:64]!r}") from None
 
 
 def _geoip(t: _Table) -> GeoIPConfig:

@@ -49,8 +49,10 @@ class EndpointState:
         "draining",
         "ejected_until",
         "ejections",
+        "fleet_down",
         "inflight",
         "node",
+        "peer_inflight",
         "probe_failures",
         "probe_successes",
         "region",
@@ -81,6 +83,10 @@ class EndpointState:
         self.probe_failures = 0
         self.reported_load: float | None = None
         self.reported_at = 0.0
+        # Fleet mode (gslb.core.peers): a quorum of other edges sees it down, and their
+        # requests in flight on it. Peers can take an endpoint out, never bring one back.
+        self.fleet_down = False
+        self.peer_inflight = 0
 
     def ejected(self, now: float) -> bool:
         return self.ejected_until > now
@@ -91,6 +97,7 @@ class EndpointState:
     def available(self, now: float) -> bool:
         return (
             self.up
+            and not self.fleet_down
             and not self.draining
             and self.ejected_until <= now
             and self.cordoned_until <= now
@@ -100,6 +107,8 @@ class EndpointState:
         """One word for metrics and the status page: the most important reason first."""
         if not self.up:
             return "down"
+        if self.fleet_down:
+            return "fleet_down"
         if self.ejected(now):
             return "ejected"
         if self.cordoned(now):
@@ -110,8 +119,9 @@ class EndpointState:
 
 
 def _alive(ep: EndpointState) -> bool:
-    """Up by active checks and not drained: what the panic rule still uses."""
-    return ep.up and not ep.draining
+    """Up by active checks (this edge's and the fleet's) and not drained: what the panic rule
+    still uses."""
+    return ep.up and not ep.fleet_down and not ep.draining
 
 
 class RegionState:
@@ -231,8 +241,11 @@ class FleetState:
         penalty = self.saturation_load[region.index]
         for ep in region.endpoints:
             rep = ep.reported_load
-            fresh = rep if rep is not None and now - ep.reported_at <= max_age else None
-            total += endpoint_load(fresh, ep.inflight, ep.saturated_until > now, penalty)
+            if rep is not None and now - ep.reported_at <= max_age:
+                total += endpoint_load(rep, ep.inflight, ep.saturated_until > now, penalty)
+            else:
+                local = ep.inflight + ep.peer_inflight
+                total += endpoint_load(None, local, ep.saturated_until > now, penalty)
         return total
 
     def refresh_region(self, region: RegionState, now: float) -> None:

@@ -44,6 +44,8 @@ CORDONED: Final = "cordoned"
 CORDON_SKIPPED: Final = "cordon_skipped"
 REGION_UNROUTABLE: Final = "region_unroutable"
 REGION_ROUTABLE: Final = "region_routable"
+FLEET_DOWN: Final = "fleet_down"  # a quorum of other edges sees the endpoint down
+FLEET_UP: Final = "fleet_up"  # that quorum is gone
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,11 @@ This facade decides how they connect (an ejection or a fall cordons the node, th
 round does not; a probe's RTT feeds the learner), records load reports, owns the tick and
 the status JSON, and turns the parts' announcements into ``HealthEvent``s for ``on_event``.
 
+Shared and fleet state: under a supervisor the probes run once per instance, in the
+supervisor, and each worker takes their results as ``on_shared`` (the same transitions, logs
+and cordons as its own probe would cause). In fleet mode ``on_fleet`` takes the verdict of the
+other edges (``gslb.core.peers.combine``): they can take an endpoint out, never bring one back.
+
 Load reports: ``on_load_report`` stores a server's own ``running + waiting`` count on its
 endpoint; ``FleetState.region_load`` uses it while it is at most ``load.max_age_s`` old, and
 the tick refreshes the region when it goes stale.
@@ -29,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from gslb.core.activehealth import ActiveHealth, Transition
 from gslb.core.cordons import NodeCordons
 from gslb.core.fleet import EndpointState, FleetState, RegionState
-from gslb.core.healthevents import LOG, HealthEvent, Outcome
+from gslb.core.healthevents import FLEET_DOWN, FLEET_UP, LOG, HealthEvent, Outcome
 from gslb.core.holddown import HoldDown
 from gslb.core.latencylearn import DEFAULT_ALPHA, DEFAULT_MIN_SAMPLES, LatencyLearner
 from gslb.core.outlier import OutlierDetector, Verdict
@@ -50,6 +56,22 @@ def report_went_stale(ep: EndpointState, max_age: float, last: float, now: float
     A report is fresh while ``now - reported_at <= max_age``: stale strictly after.
     """
     return ep.reported_load is not None and last <= ep.reported_at + max_age < now
+
+
+class FleetVerdict(Protocol):
+    """What ``on_fleet`` reads of ``gslb.core.peers.EndpointVerdict``."""
+
+    @property
+    def fleet_down(self) -> bool: ...
+
+    @property
+    def down_votes(self) -> int: ...
+
+    @property
+    def reporters(self) -> int: ...
+
+    @property
+    def peer_inflight(self) -> int: ...
 
 
 class HealthPolicy:
@@ -113,6 +135,60 @@ class HealthPolicy:
             return
         self._apply(ep, self.active.on_initial_failure(ep), now, cordon=False)
 
+    def on_shared(
+        self,
+        ep: EndpointState,
+        up: bool,
+        failures: int,
+        successes: int,
+        now: float,
+        initial: bool = False,
+    ) -> None:
+        """The instance's prober (the supervisor) says where ``ep`` stands now.
+
+        Its rise/fall counters are taken as they are, so a worker started late agrees with
+        its siblings at once; a flip has the same effects as this worker's own probe would
+        (the log line, the event, the node cordon), except on the first round.
+        """
+        ep.probe_failures = failures
+        ep.probe_successes = successes
+        if up == ep.up:
+            return
+        self._apply(ep, self.active.set_up(ep, up), now, cordon=not initial)
+
+    def on_fleet(self, verdicts: Mapping[str, FleetVerdict], now: float) -> None:
+        """The other edges' verdict on each endpoint, by URL (``gslb.core.peers.combine``).
+
+        An endpoint missing from ``verdicts`` has no fleet verdict: it is not down fleet-wide
+        and carries no peers' load.
+        """
+        for region in self.fleet.regions:
+            changed = False
+            for ep in region.endpoints:
+                v = verdicts.get(ep.url)
+                down = v is not None and v.fleet_down
+                inflight = v.peer_inflight if v is not None else 0
+                if down != ep.fleet_down:
+                    ep.fleet_down = down
+                    changed = True
+                    self._fleet_flip(region, ep, v)
+                if inflight != ep.peer_inflight:
+                    ep.peer_inflight = inflight
+                    changed = True
+            if changed:
+                self.fleet.refresh_region(region, now)
+
+    def _fleet_flip(self, region: RegionState, ep: EndpointState, v: FleetVerdict | None) -> None:
+        if ep.fleet_down and v is not None:
+            reason = f"{v.down_votes} of {v.reporters} edges see it down"
+            self.log.warning(
+                "endpoint %s (region %s) is down fleet-wide: %s", ep.url, region.name, reason
+            )
+            self._emit(FLEET_DOWN, region, ep, reason)
+            return
+        self.log.info("endpoint %s (region %s) is no longer down fleet-wide", ep.url, region.name)
+        self._emit(FLEET_UP, region, ep, "no quorum of edges sees it down")
+
     def _apply(self, ep: EndpointState, change: Transition, now: float, cordon: bool) -> None:
         if change is Transition.NONE:
             return
@@ -123,10 +199,13 @@ class HealthPolicy:
 
     # -- load reports ---------------------------------------------------------------------------
 
-    def on_load_report(self, ep: EndpointState, load: float, now: float) -> None:
-        """A server's own ``running + waiting`` count, read at ``now``."""
+    def on_load_report(
+        self, ep: EndpointState, load: float, now: float, read_at: float | None = None
+    ) -> None:
+        """A server's own ``running + waiting`` count, read at ``read_at`` (default ``now``;
+        earlier when another process read it and passed it on)."""
         ep.reported_load = load
-        ep.reported_at = now
+        ep.reported_at = now if read_at is None else read_at
         self.fleet.refresh_region(self.fleet.regions[ep.region], now)
 
     # -- time ---------------------------------------------------------------------------------
@@ -244,6 +323,8 @@ def _endpoint_status(region: RegionState, ep: EndpointState, now: float) -> dict
         "cordon_reason": ep.cordoned_reason if ep.cordoned(now) else "",
         "saturated_remaining_s": round(max(0.0, ep.saturated_until - now), 3),
         "draining": ep.draining,
+        "fleet_down": ep.fleet_down,
+        "peer_inflight": ep.peer_inflight,
         "reported_load": ep.reported_load if fresh else None,
         "report_age_s": round(now - ep.reported_at, 3) if ep.reported_load is not None else None,
     }

@@ -73,6 +73,11 @@ class LatencyLearner:
     def on_probe_rtt(self, region_index: int, seconds: float) -> None:
         self._rtt[region_index].add(seconds * 1000.0)
 
+    def set_probe_rtt_ms(self, region_index: int, value: float | None) -> None:
+        """Take another process's probe RTT average as it is (a supervisor probes for its
+        workers, which still need it for ``service_ms_correction``)."""
+        self._rtt[region_index].value = value
+
     def ewma_ttfb_ms(self, region: int | RegionState) -> float | None:
         return self._ttfb[_index(region)].value
 

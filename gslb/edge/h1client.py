@@ -186,6 +186,7 @@ class PoolLimits:
     stale_window_s: float = 0.25
     read_high_water: int = 256 * 1024  # buffered body bytes: pause reading above this
     write_high_water: int = 64 * 1024  # transport write buffer: a streamed body waits above
+    source_address: str = ""  # connect from this local address ("": the kernel's choice)
     write_low_water: int = 16 * 1024
 
 
@@ -889,6 +890,7 @@ class _Pool:
                 ssl=self.ssl,
                 server_hostname=self.hostname if self.ssl is not None else None,
                 ssl_handshake_timeout=limits.connect_timeout_s if self.ssl is not None else None,
+                local_addr=(limits.source_address, 0) if limits.source_address else None,
             )
         )
         connect_due = loop.time() + limits.connect_timeout_s

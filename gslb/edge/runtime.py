@@ -35,6 +35,8 @@ _CARRIED = (
     "probe_failures",
     "reported_load",
     "reported_at",
+    "fleet_down",
+    "peer_inflight",
 )
 
 

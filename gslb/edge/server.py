@@ -31,6 +31,7 @@ from gslb.edge.h1server import H1Server
 from gslb.edge.logsafety import Answer, RefusalLog, Refusals
 from gslb.edge.proxy import Proxy
 from gslb.edge.runtime import Runtime, build_runtime
+from gslb.edge.sharedhealth import apply_share, worker_share
 from gslb.ops.accesslog import AccessLog
 from gslb.ops.metrics import Metrics
 from gslb.ops.observe import Observer, Observers, RequestRecord
@@ -67,6 +68,7 @@ def pool_limits(cfg: Config) -> PoolLimits:
         keepalive_timeout_s=p.keepalive_timeout_s,
         connect_timeout_s=p.connect_timeout_s,
         idle_timeout_s=p.idle_timeout_s,
+        source_address=cfg.server.source_address,
     )
 
 
@@ -92,6 +94,7 @@ def make_session(cfg: Config) -> aiohttp.ClientSession:
         keepalive_timeout=p.keepalive_timeout_s,
         ttl_dns_cache=300,
         enable_cleanup_closed=True,
+        local_addr=(cfg.server.source_address, 0) if cfg.server.source_address else None,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -120,10 +123,15 @@ class Worker:
         rnd: random.Random | None = None,
         sock: socket.socket | None = None,
         health: bool = True,
+        shared_health: bool = False,
         access_log: AccessLog | None = None,
     ) -> None:
         self.cfg = cfg
         self.with_health = health
+        # Under a supervisor the instance probes once, in the supervisor (gslb.ops.healthhub),
+        # which sends every worker the results (``apply_shared``).
+        self.shared_health = shared_health
+        self._shared_seen = asyncio.Event()
         self.clock = clock
         self.rnd = rnd or random.Random()
         self.geoip = geoip or GeoIP(cfg.geoip.database, cache_size=cfg.geoip.cache_size)
@@ -158,8 +166,12 @@ class Worker:
             self.runtime, self.geoip, self.pools, observer=self.observer, clock=self.clock
         )
         if self.with_health:
-            self._background = BackgroundTasks(self, self.runtime)
-            await self._background.start(initial=True)
+            self._background = self._tasks_for(self.runtime)
+            if self.shared_health:  # ready once the supervisor's first round is in
+                self._background.runner.start()
+                await self._shared_seen.wait()
+            else:
+                await self._background.start(initial=True)
         self.ready = True
         refusals = Refusals(
             RefusalLog(call_later=loop.call_later),
@@ -241,7 +253,7 @@ class Worker:
         if cfg.server != old.cfg.server or cfg.geoip.database != old.cfg.geoip.database:
             log.warning("reload: [server] and geoip.database changes take effect on restart")
         tls = listener_tls(cfg) if self.tls is not None and cfg.server.tls_cert else None
-        background = BackgroundTasks(self, new) if self.with_health else None
+        background = self._tasks_for(new) if self.with_health else None
         if background is not None:
             await background.start(initial=False)
         old_background, self._background = self._background, background
@@ -260,6 +272,20 @@ class Worker:
             await old_background.stop()
         old.health.close()
         log.info("reload: now on generation %d", new.generation)
+
+    def _tasks_for(self, rt: Runtime) -> BackgroundTasks:
+        assert self.session is not None
+        return BackgroundTasks(
+            self.session, rt, self.clock, self.rnd, probes=not self.shared_health
+        )
+
+    def apply_shared(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Take the supervisor's health results (``gslb.ops.healthhub.HealthHub.snapshot``);
+        answer with what only this worker knows: its requests in flight and its TTFB."""
+        rt = self.runtime
+        apply_share(rt, doc, self.clock(), initial=not self._shared_seen.is_set())
+        self._shared_seen.set()
+        return worker_share(rt)
 
     def drain(self, draining: bool, target: dict[str, str]) -> dict[str, Any]:
         """Drain or undrain a region, node or endpoint; raises KeyError for unknown targets."""
@@ -341,16 +367,24 @@ class BackgroundTasks:
     starts the new runtime's set before it stops the old one's.
     """
 
-    def __init__(self, worker: Worker, rt: Runtime) -> None:
-        assert worker.session is not None
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        rt: Runtime,
+        clock: Callable[[], float],
+        rnd: random.Random,
+        *,
+        probes: bool = True,
+    ) -> None:
         self.rt = rt
         self.runner = PeriodicRunner(
             rt.fleet,
             rt.health,
-            HttpProber(worker.session, rt.upstream_ssl, clock=worker.clock),
-            HttpScraper(worker.session, rt.upstream_ssl),
-            clock=worker.clock,
-            rnd=worker.rnd,
+            HttpProber(session, rt.upstream_ssl, clock=clock),
+            HttpScraper(session, rt.upstream_ssl),
+            clock=clock,
+            rnd=rnd,
+            probes=probes,
         )
         self.runner.every("learn", LEARN_INTERVAL_S, self._learn_service_times)
 

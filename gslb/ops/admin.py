@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from gslb.core.config import AdminConfig
 from gslb.ops.control import Control, ControlError
-from gslb.ops.metrics import CONTENT_TYPE
+from gslb.ops.metrics import CONTENT_TYPE, merge_expositions
 
 log = logging.getLogger("gslb.ops.admin")
 
@@ -42,6 +43,10 @@ class Admin:
     def __init__(self, control: Control, token: str | None) -> None:
         self.control = control
         self.token = token
+        # Fleet mode: the fleet as this edge sees it (``FleetAgent.status``), in ``/status``
+        # under "fleet", and its metrics (``gslb.ops.fleetmetrics``) after the workers' own.
+        self.fleet_status: Callable[[], dict[str, Any]] | None = None
+        self.fleet_metrics: Callable[[], bytes] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024, middlewares=[_errors])
@@ -73,10 +78,15 @@ class Admin:
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = await self.control.metrics()
+        if self.fleet_metrics is not None:
+            body = merge_expositions([body, self.fleet_metrics()])
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def status(self, request: web.Request) -> web.Response:
-        return _json(await self.control.status())
+        doc = await self.control.status()
+        if self.fleet_status is not None:
+            doc["fleet"] = self.fleet_status()
+        return _json(doc)
 
     async def explain(self, request: web.Request) -> web.Response:
         return _json(await self.control.explain(request.query))

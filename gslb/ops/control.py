@@ -166,7 +166,11 @@ def control_app(local: LocalControl) -> web.Application:
         body = await request.json(loads=orjson.loads)
         return _json(await local.reload(body.get("text")))
 
-    app = web.Application()
+    async def shared(request: web.Request) -> web.Response:
+        return _json(local.worker.apply_shared(orjson.loads(await request.read())))
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # a share of a large fleet
+    app.router.add_post("/shared", shared)
     app.router.add_get("/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ready", ready)

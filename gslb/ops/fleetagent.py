@@ -42,7 +42,8 @@ from gslb.edge import h1server
 from gslb.edge.h1server import RequestCycle
 from gslb.edge.logsafety import RefusalLog, Refusals
 from gslb.edge.server import bind_reuseport
-from gslb.ops.fleetcli import edge_doc
+from gslb.ops.fleetcli import edge_doc, region_summary
+from gslb.ops.fleetpeers import FleetPeers, Vantage
 from gslb.ops.fleetstore import FleetError, FleetStore
 
 log = logging.getLogger("gslb.ops.fleetagent")
@@ -91,8 +92,10 @@ class FleetAgent:
         self.apply: Apply | None = None
         self.drain: DrainFn | None = None
         self.drained: set[tuple[str, str]] = set()  # fleet drains applied here
+        self.peers: FleetPeers | None = None
         self._task: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._observe: asyncio.Task[None] | None = None
 
     # -- the whole config --------------------------------------------------------------------
 
@@ -176,14 +179,56 @@ class FleetAgent:
 
     # -- running -----------------------------------------------------------------------------
 
-    def start(self, apply: Apply, drain: DrainFn | None = None) -> None:
+    def start(
+        self, apply: Apply, drain: DrainFn | None = None, vantage: Vantage | None = None
+    ) -> None:
         """Watch the document from now on and apply each new revision with ``apply``; report
         this edge's state every ``publish_interval_s`` (``gslb fleet status`` marks an edge
-        that stops reporting as stale)."""
+        that stops reporting as stale); with ``vantage``, publish what this edge sees and
+        combine what the others see (``gslb.ops.fleetpeers``)."""
         self.apply = apply
         self.drain = drain
         self._task = asyncio.create_task(self._run())
         self._beat = asyncio.create_task(self._heartbeat())
+        if vantage is not None:
+            self.peers = FleetPeers(self.fleet, vantage, lambda: self.revision)
+            self._observe = asyncio.create_task(self._observations(self.peers))
+
+    def status(self) -> dict[str, Any]:
+        """The fleet as this edge sees it: its document, its link to NATS, and (with a
+        vantage) the other edges and their agreement per region."""
+        doc: dict[str, Any] = {
+            "edge": self.fleet.edge,
+            "site": self.fleet.site,
+            "revision": self.revision or None,
+            "digest": document_digest(self.document) if self.document else None,
+            "error": self.error,
+            "connected": self.store is not None and self.store.connected,
+        }
+        if self.peers is not None:
+            doc.update(self.peers.status())
+        return doc
+
+    async def _observations(self, peers: FleetPeers) -> None:
+        """The fleet-health beat: runs with NATS away too, so that the others' words expire
+        and this edge falls back on its own view."""
+        heard: FleetStore | None = None
+        while True:
+            await asyncio.sleep(self.fleet.publish_interval_s)
+            store = self.store
+            if store is not None and heard is not store:
+                with contextlib.suppress(FleetError):
+                    await store.subscribe(peers.subject_all, peers.on_message)
+                    heard = store
+            try:
+                data = peers.tick()
+            except Exception:  # a bug here must not end fleet health for good
+                log.exception("fleet: the health beat failed")
+                continue
+            if data is not None and store is not None:
+                with contextlib.suppress(FleetError):
+                    if await store.publish(peers.subject, data):
+                        peers.published += 1
 
     async def _heartbeat(self) -> None:
         while True:
@@ -264,12 +309,12 @@ class FleetAgent:
         return False
 
     async def close(self) -> None:
-        for task in (self._task, self._beat):
+        for task in (self._task, self._beat, self._observe):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._beat = None
+        self._task = self._beat = self._observe = None
         if self.store is not None:
             with contextlib.suppress(FleetError):
                 await self.store.close()
@@ -293,6 +338,9 @@ class FleetAgent:
         store = self.store
         if store is None:
             return
+        # This edge's view of each region, for `gslb fleet status` (counts only, no URLs).
+        peers = self.peers
+        regions = region_summary(peers.vantage.runtime.fleet) if peers is not None else None
         doc = edge_doc(
             self.fleet.edge,
             self.fleet.site,
@@ -300,6 +348,7 @@ class FleetAgent:
             document_digest(self.document) if self.document else None,
             error,
             time.time(),
+            regions,
         )
         with contextlib.suppress(FleetError):
             await store.report_edge(self.fleet.edge, doc)

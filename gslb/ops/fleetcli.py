@@ -29,12 +29,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypedDict
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeGuard
 
 from gslb.core.config import ConfigError, FleetConfig, _fleet_url, _name, _token, _url
 from gslb.core.fleetdoc import document_digest, parse_local, validate_document
 
 if TYPE_CHECKING:
+    from gslb.core.fleet import FleetState
     from gslb.ops.fleetstore import EdgeRecord, FleetStore
 
 EXIT_OK: Final = 0
@@ -51,7 +52,19 @@ DEFAULT_STALE_AFTER_S: Final = 10.0
 DIGEST_SHORT: Final = 12
 # What an edge says of itself is shown to operators: one line, bounded.
 MAX_SHOWN_CHARS: Final = 200
+# An edge's view of the regions is peer input too: at most this many are read from a report.
+MAX_REPORTED_REGIONS: Final = 256
+MAX_REPORTED_ENDPOINTS: Final = 10**6  # per region; anything larger is junk
 CLI_CONNECTION_NAME: Final = "gslb-fleet-cli"
+
+
+class RegionSummary(TypedDict):
+    """An edge's own view of one region: its endpoints, how many this edge's probes see up,
+    and how many the fleet's verdict takes out (a quorum of other edges sees them down)."""
+
+    endpoints: int
+    up: int
+    fleet_down: int
 
 
 class EdgeDoc(TypedDict):
@@ -63,6 +76,8 @@ class EdgeDoc(TypedDict):
     names the refused revision (``None`` once the newest one applied). ``at`` is the unix time
     the edge wrote the report: it re-writes it at least once per ``publish_interval_s``, so a
     report older than ``STALE_INTERVALS`` intervals means the edge (or its path to NATS) is gone.
+    ``regions`` is its view of each region by name (``region_summary``; ``None`` from an edge
+    that does not take part in fleet health).
     """
 
     edge: str
@@ -71,9 +86,10 @@ class EdgeDoc(TypedDict):
     digest: str | None
     error: str | None
     at: float
+    regions: dict[str, RegionSummary] | None
 
 
-EDGE_DOC_KEYS: Final = ("edge", "site", "revision", "digest", "error", "at")
+EDGE_DOC_KEYS: Final = ("edge", "site", "revision", "digest", "error", "at", "regions")
 
 
 def edge_doc(
@@ -83,6 +99,7 @@ def edge_doc(
     digest: str | None,
     error: str | None,
     at: float,
+    regions: dict[str, RegionSummary] | None = None,
 ) -> EdgeDoc:
     """An edge's report, in the one shape ``gslb fleet status`` reads."""
     return {
@@ -92,6 +109,19 @@ def edge_doc(
         "digest": digest,
         "error": error,
         "at": at,
+        "regions": regions,
+    }
+
+
+def region_summary(fleet: FleetState) -> dict[str, RegionSummary]:
+    """This edge's view of each region, for its report (region names and counts only)."""
+    return {
+        r.name: {
+            "endpoints": len(r.endpoints),
+            "up": sum(1 for ep in r.endpoints if ep.up),
+            "fleet_down": sum(1 for ep in r.endpoints if ep.fleet_down),
+        }
+        for r in fleet.regions
     }
 
 
@@ -558,6 +588,16 @@ async def cmd_drains(
 
 
 @dataclass(frozen=True, slots=True)
+class RegionView:
+    """One region as an edge reported seeing it (``RegionSummary``, checked)."""
+
+    name: str
+    endpoints: int
+    up: int
+    fleet_down: int
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeView:
     """One edge as ``gslb fleet status`` shows it, read leniently from its ``EdgeDoc``."""
 
@@ -570,6 +610,7 @@ class EdgeView:
     age_s: float
     stale: bool
     state: str  # stale, error, behind (not on the current revision) or ok
+    regions: tuple[RegionView, ...] | None = None  # None: the edge reported no view
 
 
 def edge_view(
@@ -613,6 +654,35 @@ def edge_view(
         age_s=age,
         stale=stale,
         state=state,
+        regions=region_views(doc.get("regions")),
+    )
+
+
+def region_views(raw: object) -> tuple[RegionView, ...] | None:
+    """An edge's ``regions``, leniently: a region that is not a ``RegionSummary`` with counts
+    that add up is dropped, and at most ``MAX_REPORTED_REGIONS`` are read."""
+    if not isinstance(raw, dict):
+        return None
+    views: list[RegionView] = []
+    for name, summary in raw.items():
+        if len(views) >= MAX_REPORTED_REGIONS:
+            break
+        if not isinstance(name, str) or not name or not isinstance(summary, dict):
+            continue
+        total, up, down = (summary.get(k) for k in ("endpoints", "up", "fleet_down"))
+        if not (_small_count(total) and _small_count(up) and _small_count(down)):
+            continue
+        if up > total or down > total:
+            continue
+        views.append(RegionView(shown(name), total, up, down))
+    return tuple(views)
+
+
+def _small_count(value: object) -> TypeGuard[int]:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_REPORTED_ENDPOINTS
     )
 
 
@@ -656,6 +726,12 @@ def status_document(
             "seen_s_ago": round(v.age_s, 3),
             "stale": v.stale,
             "state": v.state,
+            "regions": None
+            if v.regions is None
+            else {
+                r.name: {"endpoints": r.endpoints, "up": r.up, "fleet_down": r.fleet_down}
+                for r in v.regions
+            },
         }
         for v in views
     ]
@@ -669,7 +745,7 @@ def status_table(revision: int | None, digest: str | None, views: Sequence[EdgeV
         lines = [f"config: revision {revision}, sha256 {(digest or '')[:DIGEST_SHORT]}"]
     if not views:
         return [*lines, "edges: none has reported"]
-    rows = [("EDGE", "SITE", "REVISION", "DIGEST", "LAST SEEN", "STATE", "ERROR")]
+    rows = [("EDGE", "SITE", "REVISION", "DIGEST", "LAST SEEN", "STATE", "REGIONS", "ERROR")]
     rows += [
         (
             v.edge,
@@ -678,6 +754,7 @@ def status_table(revision: int | None, digest: str | None, views: Sequence[EdgeV
             v.digest[:DIGEST_SHORT] if v.digest else "-",
             f"{v.age_s:.1f}s ago",
             v.state,
+            regions_cell(v.regions),
             v.error or "-",
         )
         for v in views
@@ -687,3 +764,11 @@ def status_table(revision: int | None, digest: str | None, views: Sequence[EdgeV
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     return lines
+
+
+def regions_cell(regions: Sequence[RegionView] | None) -> str:
+    """``us-east 2/2 ca-central 0/1!``: endpoints this edge sees up of all, ``!`` when the
+    fleet's verdict takes any of them out; ``-`` when the edge reported no view."""
+    if not regions:
+        return "-"
+    return " ".join(f"{r.name} {r.up}/{r.endpoints}{'!' if r.fleet_down else ''}" for r in regions)

@@ -55,6 +55,7 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.kv import KeyValue
 
@@ -75,6 +76,9 @@ _JS_MSG_TOO_LARGE: Final = 10054
 # An encoded target (drain) or edge name: keys stay well under any subject limit.
 MAX_TOKEN_BYTES: Final = 512
 DEFAULT_TIMEOUT_S: Final = 2.0
+# A subscription's queue: a flood past these is dropped by nats-py (slow consumer).
+SUB_PENDING_MSGS: Final = 10_000
+SUB_PENDING_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_CONNECT_DEADLINE_S: Final = 5.0
 RECONNECT_WAIT_S: Final = 0.5
 # How long the server keeps a watch's consumer once nobody listens: a replaced watch's
@@ -471,6 +475,38 @@ class FleetStore:
     @property
     def connected(self) -> bool:
         return self._nc.is_connected
+
+    # -- plain subjects (fleet health: gslb.ops.fleetpeers) -----------------------------------
+
+    async def subscribe(self, subject: str, cb: Callable[[str, bytes], Awaitable[None]]) -> None:
+        """Hear ``subject`` (core NATS, not JetStream) for as long as this store is open.
+
+        nats-py subscribes again by itself after a reconnect, so one call lasts: nothing
+        here is re-created per outage. A peer that floods the subject fills a bounded queue,
+        and nats-py drops what does not fit (a slow consumer), never memory without end.
+        """
+
+        async def on_message(msg: Msg) -> None:
+            await cb(msg.subject, msg.data)
+
+        with _translated():
+            await self._nc.subscribe(
+                subject,
+                cb=on_message,
+                pending_msgs_limit=SUB_PENDING_MSGS,
+                pending_bytes_limit=SUB_PENDING_BYTES,
+            )
+            # The server has it: hearing starts now. (A float, whatever nats-py's hint says.)
+            await self._nc.flush(timeout=self.timeout)  # type: ignore[arg-type]
+
+    async def publish(self, subject: str, data: bytes) -> bool:
+        """Send ``data`` on ``subject`` now; False, and nothing queued, while NATS is away
+        (nats-py would hold it and deliver it late, when it is stale)."""
+        if not self._nc.is_connected:
+            return False
+        with _translated():
+            await self._nc.publish(subject, data)
+        return True
 
     # -- nats-py callbacks ------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ DECISION_BUCKETS: Final = (
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
 )  # fmt: skip
 
-ENDPOINT_STATES: Final = ("up", "down", "ejected", "cordoned", "draining")
+# fleet_down: up by this edge's probes, but a quorum of the fleet's edges sees it down.
+ENDPOINT_STATES: Final = ("up", "down", "fleet_down", "ejected", "cordoned", "draining")
 
 OTHER: Final = "other"
 # Retry reasons are the forwarding core's own names (gslb.core.forward); anything else becomes

@@ -96,8 +96,12 @@ class PeriodicRunner:
         clock: Callable[[], float] = time.monotonic,
         tick_interval_s: float = TICK_INTERVAL_S,
         sleep: Sleep = asyncio.sleep,
+        probes: bool = True,
     ) -> None:
         self.fleet = fleet
+        # False: another process probes and scrapes for this one (a supervisor's workers);
+        # the tick and the extra jobs still run here.
+        self.probes = probes
         self.policy = policy
         self.prober = prober
         self.scraper = scraper
@@ -120,7 +124,7 @@ class PeriodicRunner:
     def start(self) -> None:
         if self._tasks:
             return
-        for ep in self.fleet.endpoints():
+        for ep in self.fleet.endpoints() if self.probes else ():
             health = self._health(ep)
             self._spawn(
                 f"health:{ep.url}",
@@ -129,7 +133,7 @@ class PeriodicRunner:
                 self.rnd.random() * health.interval_s,
                 self._prober_job(ep),
             )
-        for ep in self.load_endpoints():
+        for ep in self.load_endpoints() if self.probes else ():
             load = self._load(ep)
             self._spawn(
                 f"load:{ep.url}",

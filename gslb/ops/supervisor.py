@@ -47,6 +47,9 @@ from gslb.edge.server import (
 from gslb.ops.admin import Admin, load_token
 from gslb.ops.control import LocalControl, RemoteControl, control_app
 from gslb.ops.fleetagent import FleetAgent
+from gslb.ops.fleetmetrics import fleet_exposition
+from gslb.ops.fleetpeers import WorkerVantage
+from gslb.ops.healthhub import HealthHub
 from gslb.ops.preflight import ListenOverrides, preflight, read_config
 
 log = logging.getLogger("gslb.ops.supervisor")
@@ -76,8 +79,15 @@ def _listen_message(where: HostPort, what: str, exc: OSError) -> str:
 class PinnedWorker(Worker):
     """A worker whose listen addresses survive reloads (see ``ListenOverrides``)."""
 
-    def __init__(self, cfg: Config, pins: ListenOverrides, sock: socket.socket) -> None:
-        super().__init__(pins.apply(cfg), sock=sock)
+    def __init__(
+        self,
+        cfg: Config,
+        pins: ListenOverrides,
+        sock: socket.socket,
+        *,
+        shared_health: bool = False,
+    ) -> None:
+        super().__init__(pins.apply(cfg), sock=sock, shared_health=shared_health)
         self.pins = pins
 
     async def reload(self, cfg: Config) -> None:
@@ -146,7 +156,9 @@ async def run_single(
         return None
 
     if agent is not None:
-        agent.start(apply, control.drain)
+        agent.start(apply, control.drain, WorkerVantage(worker))
+        admin.fleet_status = agent.status
+        admin.fleet_metrics = lambda: fleet_exposition(agent.status())
 
     def reload() -> None:
         async def go() -> None:
@@ -187,13 +199,16 @@ async def run_worker_process(
     cfg = pins.apply(parse_toml(text, path))
     raise_fd_limit(cfg)
     listen = cfg.server.listen
-    worker = PinnedWorker(cfg, pins, bind_reuseport(listen.host, listen.port))
-    await worker.start()
-    settle_heap()
+    sock = bind_reuseport(listen.host, listen.port)
+    worker = PinnedWorker(cfg, pins, sock, shared_health=True)
+    # The control socket comes first: the worker is ready (and listens) only once the
+    # supervisor's first health share has come in over it.
     runner = web.AppRunner(control_app(LocalControl(worker, path)), access_log=None)
     await runner.setup()
     await web.UnixSite(runner, control_sock).start()
     os.chmod(control_sock, 0o600)
+    await worker.start()
+    settle_heap()
     stop = asyncio.Event()
     _signals(stop, None, worker.access_log.reopen)
     await stop.wait()
@@ -227,6 +242,7 @@ class Supervisor:
         self.sockets = [os.path.join(self.rundir, f"worker-{i}.sock") for i in range(workers)]
         self.procs: list[asyncio.subprocess.Process | None] = [None] * workers
         self.stopping = False
+        self.hub = HealthHub(cfg, self.sockets)
 
     async def spawn(self, i: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -269,6 +285,9 @@ class Supervisor:
 
     async def run(self) -> None:
         control = RemoteControl(self.sockets)
+        # Probes and load scrapes run here, once for the instance; workers are ready at
+        # their first share of the results.
+        await self.hub.start()
         for i in range(self.n):
             await self.spawn(i)
         watchers = [asyncio.create_task(self.watch(i)) for i in range(self.n)]
@@ -293,7 +312,9 @@ class Supervisor:
                 async def apply(text: str) -> str | None:
                     return await self.apply_text(control, admin, text)
 
-                agent.start(apply, control.drain)
+                agent.start(apply, control.drain, self.hub)
+                admin.fleet_status = agent.status
+                admin.fleet_metrics = lambda: fleet_exposition(agent.status())
 
             _signals(stop, reload, reopen)
             log.warning(
@@ -307,6 +328,7 @@ class Supervisor:
         finally:
             if self.agent is not None:
                 await self.agent.close()
+            await self.hub.stop()
             self.stopping = True
             self.signal_all(signal.SIGTERM)
             await asyncio.gather(*(p.wait() for p in self.procs if p is not None))
@@ -344,6 +366,7 @@ class Supervisor:
             )
         result = await control.reload(text)
         if result["ok"]:
+            await self.hub.reload(self.pins.apply(cfg))
             self.cfg = cfg
             self.text = text
             admin.token = load_token(cfg.admin)

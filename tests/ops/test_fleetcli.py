@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from gslb.core.fleetdoc import document_digest
-from gslb.ops.fleetcli import EDGE_DOC_KEYS, EdgeDoc, edge_doc
+from gslb.ops.fleetcli import (
+    EDGE_DOC_KEYS,
+    MAX_REPORTED_REGIONS,
+    EdgeDoc,
+    RegionSummary,
+    RegionView,
+    edge_doc,
+    region_views,
+    regions_cell,
+)
 from gslb.ops.fleetstore import Drain, FleetStore
 from tests.natsserver import NatsServer, nats_server
 from tests.ports import free_block
@@ -258,15 +267,30 @@ async def test_status_shows_each_edges_report(tmp_path: Path) -> None:
     async with nats_server(tmp_path) as server, store(server) as fs:
         rev = await fs.push_config(text, None)
         now = time.time()
-        fresh: EdgeDoc = edge_doc("nyc-1", "new-york", rev, digest, None, now)
+        view: dict[str, RegionSummary] = {
+            "us-east": {"endpoints": 2, "up": 2, "fleet_down": 0},
+            "ca-central": {"endpoints": 1, "up": 0, "fleet_down": 1},
+        }
+        fresh: EdgeDoc = edge_doc("nyc-1", "new-york", rev, digest, None, now, view)
         assert tuple(fresh) == EDGE_DOC_KEYS
         await fs.report_edge("nyc-1", fresh)
         await fs.report_edge(
             "fra-1",
             edge_doc("fra-1", "frankfurt", rev, digest, f"revision {rev}: boom", now - 60),
         )
-        # A peer's junk: wrong types are dropped, a terminal escape is shown escaped.
-        await fs.report_edge("sgp-1", {"site": "sg\x1b[31m", "revision": "7", "at": now})
+        # A peer's junk: wrong types are dropped, a terminal escape is shown escaped; in its
+        # view of the regions only the one well-formed region is kept.
+        junk_regions = {
+            "ok\x1b[2J": {"endpoints": 3, "up": 1, "fleet_down": 0},
+            "more-up-than-endpoints": {"endpoints": 1, "up": 2, "fleet_down": 0},
+            "negative": {"endpoints": 1, "up": -1, "fleet_down": 0},
+            "bools": {"endpoints": True, "up": 1, "fleet_down": 0},
+            "missing": {"endpoints": 1},
+            "not-a-map": [1, 1, 0],
+        }
+        await fs.report_edge(
+            "sgp-1", {"site": "sg\x1b[31m", "revision": "7", "at": now, "regions": junk_regions}
+        )
         as_json, table = await asyncio.gather(
             fleet(server, "status", "--json"), fleet(server, "status")
         )
@@ -292,19 +316,39 @@ async def test_status_shows_each_edges_report(tmp_path: Path) -> None:
         None,
         "behind",
     )
+    # Each edge's own view of each region; none from an edge that reported none.
+    assert nyc["regions"] == view
+    assert fra["regions"] is None
+    assert sgp["regions"] == {"ok\\x1b[2J": {"endpoints": 3, "up": 1, "fleet_down": 0}}
 
     assert table.rc == 0, table
     lines = table.out.splitlines()
     assert lines[0] == f"config: revision {rev}, sha256 {digest[:12]}"
-    assert re.fullmatch(r"EDGE +SITE +REVISION +DIGEST +LAST SEEN +STATE +ERROR", lines[1])
+    assert re.fullmatch(r"EDGE +SITE +REVISION +DIGEST +LAST SEEN +STATE +REGIONS +ERROR", lines[1])
     short = digest[:12]
     assert re.fullmatch(
-        rf"fra-1 +frankfurt +{rev} +{short} +[67]\d\.\ds ago +stale +revision {rev}: boom",
+        rf"fra-1 +frankfurt +{rev} +{short} +[67]\d\.\ds ago +stale +- +revision {rev}: boom",
         lines[2],
     )
-    assert re.fullmatch(rf"nyc-1 +new-york +{rev} +{short} +\d\.\ds ago +ok +-", lines[3])
-    assert re.fullmatch(r"sgp-1 +sg\\x1b\[31m +- +- +\d\.\ds ago +behind +-", lines[4])
+    assert re.fullmatch(
+        rf"nyc-1 +new-york +{rev} +{short} +\d\.\ds ago +ok +us-east 2/2 ca-central 0/1! +-",
+        lines[3],
+    )
+    assert re.fullmatch(
+        r"sgp-1 +sg\\x1b\[31m +- +- +\d\.\ds ago +behind +ok\\x1b\[2J 1/3 +-", lines[4]
+    )
     assert len(lines) == 5 and "\x1b" not in table.out
+
+
+def test_an_edges_view_of_regions_is_capped() -> None:
+    many = {f"r{i:03}": {"endpoints": 1, "up": 1, "fleet_down": 0} for i in range(300)}
+    views = region_views(many)
+    assert views is not None and len(views) == MAX_REPORTED_REGIONS == 256
+    assert [v.name for v in views[:2]] == ["r000", "r001"]
+    assert views[-1] == RegionView("r255", 1, 1, 0)
+    assert region_views(None) is None and region_views([["r", 1]]) is None
+    assert region_views({}) == ()
+    assert regions_cell(()) == "-" and regions_cell(None) == "-"
 
 
 async def test_status_of_an_empty_bucket(tmp_path: Path) -> None:

@@ -239,8 +239,9 @@ def test_live_values_read_at_scrape(metrics: Metrics, fleet: FleetState, clock: 
             for s in ENDPOINT_STATES
         }
 
-    assert states(a.url) == {"up": 0, "down": 1, "ejected": 0, "cordoned": 0, "draining": 0}
-    assert states(b.url) == {"up": 0, "down": 0, "ejected": 0, "cordoned": 0, "draining": 1}
+    zero = dict.fromkeys(ENDPOINT_STATES, 0)
+    assert states(a.url) == {**zero, "down": 1}
+    assert states(b.url) == {**zero, "draining": 1}
 
     # Ejection is time-bound: the collector uses the injected clock.
     b.draining = False
@@ -250,6 +251,11 @@ def test_live_values_read_at_scrape(metrics: Metrics, fleet: FleetState, clock: 
     clock.now += 11
     text = metrics.exposition()
     assert states(b.url)["up"] == 1
+
+    # Fleet mode: a quorum of other edges sees it down (it is up by this edge's own probes).
+    b.fleet_down = True
+    text = metrics.exposition()
+    assert states(b.url) == {**zero, "fleet_down": 1}
 
 
 def test_fleet_swapped_on_reload(clock: Clock) -> None:

@@ -285,6 +285,51 @@ def _hostile_fleet() -> dict[str, Any]:
     return data
 
 
+def _fleet_mode() -> dict[str, Any]:
+    """``FLEET`` as an edge in fleet mode sees it (``/status`` with ``"fleet"``): peers' edge and
+    site names carry markup, one endpoint is taken out by the fleet's verdict."""
+    data = copy.deepcopy(FLEET)
+    data["regions"][1]["endpoints"][1]["state"] = "fleet_down"
+    data["fleet"] = {
+        "edge": "nyc",
+        "site": "new-york",
+        "revision": 7,
+        "digest": "ab" * 32,
+        "error": None,
+        "connected": True,
+        "quorum": "majority",
+        "max_age_s": 5.0,
+        "peers": 2,
+        "edges": [
+            {"edge": "fra", "site": "frankfurt", "revision": 7, "age_s": 0.41, "self": False},
+            {"edge": "nyc", "site": "new-york", "revision": 7, "age_s": 0.0, "self": True},
+            {"edge": HOSTILE, "site": "<b>bold</b>", "revision": 6, "age_s": 2.25, "self": False},
+            "not an edge",
+        ],
+        "received_total": 1204,
+        "dropped_total": {"oversized": 0, "malformed": 3, "stale": 0, "expired": 1},
+        "published_total": 602,
+        "regions": {
+            "us-east": {
+                "reporters": 3,
+                "see_up": 3,
+                "agree": True,
+                "fleet_down_endpoints": 0,
+                "peer_inflight": 61,
+            },
+            "us-west": {
+                "reporters": 3,
+                "see_up": 2,
+                "agree": False,
+                "fleet_down_endpoints": 1,
+                "peer_inflight": 12,
+            },
+            HOSTILE: {"reporters": 1, "see_up": 1, "agree": True},
+        },
+    }
+    return data
+
+
 @asynccontextmanager
 async def serve(payloads: list[Any], *, then_status: int = 200) -> AsyncIterator[str]:
     """Serve the page at ``/`` and ``payloads`` at ``/status``, one per request; after the last,
@@ -622,12 +667,110 @@ async def test_browser_renders_fleet() -> None:
     decisions = {e.attrs["data-decision"]: e.text() for e in elements if "bar-row" in e.classes}
     assert decisions["spill"] == "spill1,207"
     assert by_id(elements, "banner").text() == ""
+    # Not in fleet mode: no fleet section.
+    assert "hidden" in by_id(elements, "fleet-section").attrs
 
     # Markup from /status stayed text: no element was created from it.
     assert not [e for e in elements if e.tag in ("img", "b")]
     assert HOSTILE in us.text()
     assert by_id(elements, "f-backend").text() == "<b>bold</b>"
     assert next(e for e in elements if e.tag == "title").text() == "gslb status"
+
+
+def _fleet_parts(elements: list[Element]) -> tuple[Element, dict[str, str], list[Element]]:
+    """The fleet section, its facts (key -> value text), and its edge rows."""
+    section = by_id(elements, "fleet-section")
+    facts = {
+        e.attrs["data-fact"]: next(c for c in e.children if "v" in c.classes).text()
+        for e in section.walk()
+        if "data-fact" in e.attrs
+    }
+    return section, facts, [e for e in section.walk() if "fleet-edge-row" in e.classes]
+
+
+async def test_browser_renders_fleet_mode() -> None:
+    _need_browser()
+    data = _fleet_mode()
+    async with serve([data]) as base:
+        dom = await asyncio.to_thread(browser.dump_dom, base)
+    elements = parse(dom)
+    root = next(e for e in elements if e.tag == "html")
+    assert root.attrs.get("data-status") == "ok", dom[-3000:]
+    section, facts, edges = _fleet_parts(elements)
+    assert "hidden" not in section.attrs
+    assert facts == {
+        "edge": "nyc",
+        "site": "new-york",
+        "revision": "7",
+        "connected": "connected",
+        "peers": "2",
+        "quorum": "majority",
+    }
+    connected = next(e for e in section.walk() if e.attrs.get("data-fact") == "connected")
+    assert "good" in connected.classes
+
+    # The edges this one hears, itself marked; a peer on another revision is flagged.
+    assert [e.attrs["data-edge"] for e in edges] == ["fra", "nyc", HOSTILE]
+    cells = {e.attrs["data-edge"]: [c.text() for c in e.children] for e in edges}
+    assert cells["fra"] == ["fra", "frankfurt", "7", "0.4 s ago"]
+    assert cells["nyc"] == ["nycthis edge", "new-york", "7", "—"]
+    assert cells[HOSTILE] == [HOSTILE, "<b>bold</b>", "6", "2.3 s ago"]
+    behind = next(e for e in edges if e.attrs["data-edge"] == HOSTILE).children[2]
+    assert "warn" in behind.classes
+
+    # Per-region agreement; a region missing figures shows dashes, not zeros.
+    rows = {e.attrs["data-region"]: e for e in section.walk() if "fleet-region-row" in e.classes}
+    assert list(rows) == ["us-east", "us-west", HOSTILE]
+    assert [c.text() for c in rows["us-east"].children] == ["us-east", "3", "3", "yes", "0", "61"]
+    assert [c.text() for c in rows["us-west"].children] == ["us-west", "3", "2", "no", "1", "12"]
+    assert rows["us-west"].attrs["data-agree"] == "no"
+    assert [c.text() for c in rows[HOSTILE].children] == [HOSTILE, "1", "1", "yes", "0", "—"]
+    disagree = next(e for e in rows["us-west"].walk() if "badge" in e.classes)
+    assert "s-cordoned" in disagree.classes
+
+    counters = {
+        e.attrs["data-counter"]: e.text() for e in section.walk() if "data-counter" in e.attrs
+    }
+    assert counters == {
+        "received": "received1204",
+        "published": "published602",
+        "dropped oversized": "dropped oversized0",
+        "dropped malformed": "dropped malformed3",
+        "dropped stale": "dropped stale0",
+        "dropped expired": "dropped expired1",
+    }
+
+    # An endpoint the fleet's quorum takes out is badged like a down one.
+    down = next(
+        e for e in elements if "endpoint-row" in e.classes and e.attrs["data-state"] == "fleet_down"
+    )
+    badge = next(e for e in down.walk() if "badge" in e.classes)
+    assert badge.text() == "fleet_down" and "s-fleet_down" in badge.classes
+    down_rule = next(r for r in asset_text("status.css").split("}") if ".s-down," in r)
+    assert ".s-fleet_down" in down_rule.split("{")[0]
+
+    # Peers' strings stayed text: no element was made of them.
+    assert not [e for e in elements if e.tag in ("img", "b")]
+
+
+async def test_browser_fleet_before_the_first_beat() -> None:
+    _need_browser()
+    data = copy.deepcopy(FLEET)
+    # FleetAgent.status() before the health beat: only the agent's own keys.
+    data["fleet"] = {"edge": "nyc", "site": "nyc", "revision": None, "connected": False}
+    async with serve([data]) as base:
+        dom = await asyncio.to_thread(browser.dump_dom, base)
+    elements = parse(dom)
+    root = next(e for e in elements if e.tag == "html")
+    assert root.attrs.get("data-status") == "ok", dom[-3000:]
+    section, facts, edges = _fleet_parts(elements)
+    assert "hidden" not in section.attrs
+    assert facts["revision"] == "none" and facts["connected"] == "not connected"
+    assert facts["peers"] == "–" and facts["quorum"] == "–"
+    assert edges == []
+    assert by_id(elements, "fleet-edges-body").text() == "No edge heard yet."
+    assert by_id(elements, "fleet-regions-body").text() == "No word from the fleet yet."
+    assert "dropped malformed0" in by_id(elements, "fleet-drops").text()
 
 
 async def test_browser_keeps_last_data_and_shows_banner_when_status_fails() -> None:

@@ -10,7 +10,8 @@
   const STATE_TEXT = {
     routable: 'routable', panic: 'panic', draining: 'draining', unroutable: 'not routable',
   };
-  const ENDPOINT_STATES = ['up', 'down', 'ejected', 'cordoned', 'draining'];
+  const ENDPOINT_STATES = ['up', 'down', 'fleet_down', 'ejected', 'cordoned', 'draining'];
+  const DROP_REASONS = ['oversized', 'malformed', 'stale', 'expired'];
   const DECISIONS = ['local', 'spill', 'failover', 'local-queued', 'standby', 'no-region'];
   let lastOk = null;
   let refreshes = 0;
@@ -56,6 +57,7 @@
     return ss + 's';
   }
   function clock(d) { return d.toTimeString().slice(0, 8); }
+  function record(v) { return v && typeof v === 'object' && !Array.isArray(v) ? v : null; }
 
   function drawMap(regions, spills) {
     const layerS = byId('spills'), layerR = byId('regions'), layerL = byId('labels');
@@ -314,12 +316,85 @@
     byId('f-ready-box').className = 'fact ' + (data.ready === true ? 'good' : 'bad');
   }
 
+  // Fleet mode: this edge, the edges it hears, and whether they agree on each region. Edge
+  // and site names come from peers: like everything else here, they only ever become text.
+  function drawFleet(fleet) {
+    const section = byId('fleet-section');
+    section.hidden = fleet === null;
+    if (fleet === null) return;
+    const connected = fleet.connected === true;
+    const facts = [
+      ['edge', 'edge', str(fleet.edge) || '–'],
+      ['site', 'site', str(fleet.site) || '–'],
+      ['revision', 'revision', str(num(fleet.revision) ?? 'none')],
+      ['connected', 'NATS', connected ? 'connected' : 'not connected', connected ? 'good' : 'bad'],
+      ['peers', 'edges heard', str(num(fleet.peers) ?? '–')],
+      ['quorum', 'quorum', str(fleet.quorum) || '–'],
+    ];
+    byId('fleet-facts').replaceChildren(...facts.map(([key, label, value, cls]) => {
+      const box = h('div', 'fact' + (cls ? ' ' + cls : ''));
+      box.dataset.fact = key;
+      box.append(h('span', 'k', label), h('span', 'v', value));
+      return box;
+    }));
+    const revision = num(fleet.revision);
+    const edges = [];
+    for (const e of list(fleet.edges)) {
+      if (!record(e)) continue;
+      const mine = e.self === true;
+      const row = h('tr', 'fleet-edge-row');
+      row.dataset.edge = str(e.edge);
+      const name = h('td', 'name', str(e.edge));
+      if (mine) name.appendChild(h('span', 'self-tag', 'this edge'));
+      const rev = num(e.revision);
+      row.append(
+        name, cell(str(e.site), 'muted'),
+        // Another revision than this edge's: that edge is ahead, or behind.
+        cell(rev ?? '—', 'num' + (rev !== null && rev !== revision ? ' warn' : '')),
+        cell(mine ? '—' : fixed(e.age_s, 1) + ' s ago', 'num' + (mine ? ' muted' : '')),
+      );
+      edges.push(row);
+    }
+    if (!edges.length) edges.push(emptyRow('No edge heard yet.', 4));
+    byId('fleet-edges-body').replaceChildren(...edges);
+    const rows = [];
+    for (const [region, v] of Object.entries(record(fleet.regions) || {})) {
+      if (!record(v)) continue;
+      const agree = v.agree === true;
+      const down = num(v.fleet_down_endpoints) || 0;
+      const row = h('tr', 'fleet-region-row');
+      row.dataset.region = region;
+      row.dataset.agree = agree ? 'yes' : 'no';
+      row.append(
+        cell(region, 'name'), cell(num(v.reporters) ?? '—', 'num'),
+        cell(num(v.see_up) ?? '—', 'num'),
+        badge(agree ? 'yes' : 'no', agree ? 's-up' : 's-cordoned'),
+        cell(down, 'num' + (down ? ' warn' : ' muted')), cell(num(v.peer_inflight) ?? '—', 'num'),
+      );
+      rows.push(row);
+    }
+    if (!rows.length) rows.push(emptyRow('No word from the fleet yet.', 6));
+    byId('fleet-regions-body').replaceChildren(...rows);
+    const dropped = record(fleet.dropped_total) || {};
+    const counts = [['received', fleet.received_total], ['published', fleet.published_total]];
+    for (const reason of DROP_REASONS) counts.push(['dropped ' + reason, dropped[reason]]);
+    byId('fleet-drops').replaceChildren(...counts.map(([label, v]) => {
+      const n = num(v) || 0;
+      const item = h('span', 'count');
+      item.dataset.counter = label;
+      const warn = n > 0 && label.startsWith('dropped');
+      item.append(document.createTextNode(label), h('span', 'n' + (warn ? ' warn' : ''), n));
+      return item;
+    }));
+  }
+
   function render(data) {
     const regions = list(data.regions).filter((r) => r && typeof r === 'object');
     drawHeader(data);
     drawMap(regions, data.spills);
     drawTables(regions);
     drawSide(data, regions);
+    drawFleet(record(data.fleet));
   }
 
   function setStatus(ok, message) {
