@@ -149,8 +149,13 @@ def instructions(cfg: Config, n: int, nats_url: str, document: Path) -> str:
     toronto = next(ip for city, ip in CLIENTS if city == "Toronto")
     lines += [
         "",
-        "Each edge's state (revision it runs, last seen, errors):",
+        "Each edge's state (revision it runs, last seen, its view of each region, errors):",
         f"  gslb fleet status {fleet}",
+        "",
+        "The fleet as one edge sees it (the other edges, agreement per region; also on its",
+        "status page, and as gslb_fleet_* on /metrics):",
+        f"  curl -s http://{cfg.server.admin_listen.host}:{cfg.server.admin_listen.port}"
+        "/status | python3 -m json.tool | sed -n '/\"fleet\"/,$p'",
         "",
         "Where a Toronto client lands, through each edge:",
     ]

@@ -273,9 +273,15 @@ async def test_twenty_restarts_do_not_pile_up_subscriptions_or_consumers(
             rev = await op.push_config("v0\n", None)
             watching = Watching(fleet)
             assert (await watching.next())[0] == rev
-            # The request inbox plus one watch; and one consumer, the watch's.
+            heard: list[bytes] = []
+
+            async def hear(subject: str, data: bytes) -> None:
+                heard.append(data)
+
+            await fleet.subscribe("gslb.obs.*", hear)  # fleet health's subject, once
+            # The request inbox, one watch and the observations; one consumer, the watch's.
             base_subs = await client_subscriptions(server, "edge")
-            assert base_subs == 2
+            assert base_subs == 3
             assert await consumers(server) == 1
             for i in range(1, 21):
                 await server.stop()
@@ -285,6 +291,14 @@ async def test_twenty_restarts_do_not_pile_up_subscriptions_or_consumers(
                 assert await watching.next() == (rev, f"v{i}\n")
                 assert await client_subscriptions(server, "edge") == base_subs
                 assert await consumers(server) == 1
+                # Hearing resumes after each restart, on the one subscription (published
+                # until heard: the edge's subscription may reach the new server after op).
+                for _ in range(100):
+                    assert await op.publish("gslb.obs.op", b"%d" % i)
+                    await asyncio.sleep(0.05)
+                    if heard[-1:] == [b"%d" % i]:
+                        break
+                assert heard[-1:] == [b"%d" % i]
             await watching.stop()
             await eventually(lambda: not fleet._watches, 1.0)
 

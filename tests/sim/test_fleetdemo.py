@@ -6,6 +6,7 @@ Real processes throughout: the demo, its nats-server, three `gslb serve` edges a
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import signal
@@ -74,8 +75,9 @@ def test_the_printed_fleet_commands_act_on_every_edge(tmp_path: Path) -> None:
             raise AssertionError((tmp_path / "stderr.log").read_text()[-3000:]) from None
         lines = [line.strip() for line in text.splitlines()]
         commands = {line.split(" --servers")[0]: line for line in lines if line.startswith("gslb ")}
-        curls = [line for line in lines if line.startswith("curl ")]
+        curls = [line for line in lines if line.startswith("curl ") and "x-gslb-region" in line]
         assert len(curls) == 3 and len(re.findall(r"^  edge ", text, re.M)) == 3, text
+        [status_line] = [ln for ln in lines if ln.startswith("curl ") and "/status" in ln]
 
         # Three edges, each on the pushed document.
         def all_ok() -> bool:
@@ -84,6 +86,19 @@ def test_the_printed_fleet_commands_act_on_every_edge(tmp_path: Path) -> None:
 
         wait_for(all_ok)
         assert [region_via(c) for c in curls] == ["ca-central"] * 3  # Toronto stays in Canada
+
+        # The printed status command shows the fleet as one edge sees it: the two others,
+        # and every region seen up by all three.
+        status_url = re.search(r"(http://\S+/status)", status_line)
+        assert status_url is not None, status_line
+
+        def fleet_seen() -> bool:
+            with DIRECT.open(status_url.group(1), timeout=5) as resp:
+                fleet = json.load(resp).get("fleet", {})
+            regions = fleet.get("regions", {}).values()
+            return fleet.get("peers") == 2 and all(r["see_up"] == 3 for r in regions)
+
+        wait_for(fleet_seen)
 
         # A fleet-wide drain moves Toronto on every edge, to the Canadian standby.
         drain = gslb_command(commands["gslb fleet drain region ca-central"])
