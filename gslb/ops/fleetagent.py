@@ -92,10 +92,12 @@ class FleetAgent:
         self.apply: Apply | None = None
         self.drain: DrainFn | None = None
         self.drained: set[tuple[str, str]] = set()  # fleet drains applied here
+        self.wanted: set[tuple[str, str]] | None = None  # fleet drains in the bucket (None: unread)
         self.peers: FleetPeers | None = None
         self._task: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
         self._observe: asyncio.Task[None] | None = None
+        self._drains: asyncio.Task[None] | None = None
 
     # -- the whole config --------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class FleetAgent:
         self.drain = drain
         self._task = asyncio.create_task(self._run())
         self._beat = asyncio.create_task(self._heartbeat())
+        self._drains = asyncio.create_task(self._follow_drains())
         if vantage is not None:
             self.peers = FleetPeers(self.fleet, vantage, lambda: self.revision)
             self._observe = asyncio.create_task(self._observations(self.peers))
@@ -237,15 +240,26 @@ class FleetAgent:
                 await self._sync_drains()
                 await self._report(self.revision, self.error)
 
+    async def _follow_drains(self) -> None:
+        """Keep ``wanted`` the drains the bucket holds, on one watch (not a read per beat),
+        and apply each change at once."""
+        while True:
+            store = self.store
+            if store is None:
+                await asyncio.sleep(RETRY_S)
+                continue
+            async for drains in store.watch_drains():
+                self.wanted = {(d.kind, d.target) for d in drains}
+                await self._sync_drains()
+            return  # the store was closed
+
     async def _sync_drains(self) -> None:
-        """Make this edge's fleet drains what the bucket says (every heartbeat). A drain
-        names a region or endpoint; one this edge does not have (yet) is retried later."""
-        if self.drain is None or self.store is None:
+        """Make this edge's fleet drains what the bucket says (on each change, and every
+        heartbeat). A drain names a region or endpoint; one this edge does not have (yet:
+        its document is older) is retried on the next heartbeat."""
+        if self.drain is None or self.wanted is None:
             return
-        try:
-            want = {(d.kind, d.target) for d in await self.store.drains()}
-        except FleetError:
-            return
+        want = self.wanted
         for draining, changes in ((True, want - self.drained), (False, self.drained - want)):
             for kind, target in sorted(changes):
                 try:
@@ -309,12 +323,12 @@ class FleetAgent:
         return False
 
     async def close(self) -> None:
-        for task in (self._task, self._beat, self._observe):
+        for task in (self._task, self._beat, self._observe, self._drains):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._beat = self._observe = None
+        self._task = self._beat = self._observe = self._drains = None
         if self.store is not None:
             with contextlib.suppress(FleetError):
                 await self.store.close()

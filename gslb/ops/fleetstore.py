@@ -734,6 +734,40 @@ class FleetStore:
                 found.add(drain)
         return frozenset(found)
 
+    def watch_drains(self) -> AsyncIterator[frozenset[Drain]]:
+        """The drains in force: the whole set once caught up, then again after each change.
+
+        One watch for as long as it is read (an edge's JetStream footprint stays one consumer
+        per watch, however often it looks), replaced after a reconnect like
+        ``watch_config``'s, whereupon the whole set is yielded again. Ends when the store is
+        closed. Malformed keys or values are dropped and counted, never raised.
+        """
+        return self._watch_drains()
+
+    async def _watch_drains(self) -> AsyncIterator[frozenset[Drain]]:
+        while True:
+            watch = await self._open_watch(f"{DRAIN_PREFIX}.>")
+            if watch is None:
+                return
+            current: dict[str, Drain] = {}
+            caught_up = False
+            try:
+                while (entry := await watch.next()) is not _STOPPED:
+                    if entry is None:  # the caught-up marker: the set as it stands
+                        caught_up = True
+                    elif isinstance(entry, KeyValue.Entry):
+                        drain = self._drain_of(entry) if entry.operation is None else None
+                        if drain is None:  # lifted, or unreadable: not in force
+                            current.pop(entry.key, None)
+                        else:
+                            current[entry.key] = drain
+                    else:
+                        continue
+                    if caught_up:
+                        yield frozenset(current.values())
+            finally:
+                await self._stop_watch(watch)
+
     def _drain_of(self, entry: KeyValue.Entry) -> Drain | None:
         parts = entry.key.split(".")
         text = self._text(DRAIN_PREFIX, entry.value)

@@ -315,6 +315,35 @@ TARGETS = [
 ]
 
 
+async def test_watch_drains_yields_the_set_on_each_change_on_one_consumer(
+    tmp_path: Path,
+) -> None:
+    async with nats_server(tmp_path) as server:
+        async with store(server, name="edge") as fleet, store(server, name="op") as op:
+            await op.set_drain("region", "us-east")
+            drains = fleet.watch_drains()
+            assert await anext(drains) == {Drain("region", "us-east")}
+            await op.set_drain("endpoint", "http://10.0.0.1:8000")
+            assert await anext(drains) == {
+                Drain("region", "us-east"),
+                Drain("endpoint", "http://10.0.0.1:8000"),
+            }
+            assert await op.clear_drain("region", "us-east")
+            assert await anext(drains) == {Drain("endpoint", "http://10.0.0.1:8000")}
+            assert await consumers(server) == 1  # however often it was read
+            # A restart replaces the watch, and the whole set comes again.
+            await server.stop()
+            await server.start()
+            await eventually(lambda: op.connected and fleet.connected, 5.0)
+            assert await asyncio.wait_for(anext(drains), 10) == {
+                Drain("endpoint", "http://10.0.0.1:8000")
+            }
+            assert await op.clear_drain("endpoint", "http://10.0.0.1:8000")
+            assert await asyncio.wait_for(anext(drains), 10) == frozenset()
+            assert await consumers(server) == 1
+            await drains.aclose()  # type: ignore[attr-defined]
+
+
 async def test_drains_round_trip_with_encoded_keys(tmp_path: Path) -> None:
     async with nats_server(tmp_path) as server, store(server) as fleet:
         assert await fleet.drains() == frozenset()
