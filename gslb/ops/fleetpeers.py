@@ -238,16 +238,22 @@ class FleetPeers:
 
     def _regions(self, fresh: list[Observation]) -> dict[str, dict[str, Any]]:
         """Per region: how many edges report on it, how many see it up (at least one endpoint
-        up), whether they agree, and what the fleet verdict takes out here."""
+        up), whether they agree, and what the fleet verdict takes out here. A peer's view of a
+        region is what it says of this edge's endpoints of that region, by URL: the region
+        names in its message decide nothing."""
         rt = self.vantage.runtime
+        seen = [
+            {u: e.up for r in obs.regions.values() for u, e in r.endpoints.items()} for obs in fresh
+        ]
         out: dict[str, dict[str, Any]] = {}
         for region in rt.fleet.regions:
+            urls = [ep.url for ep in region.endpoints]
             views = [any(ep.up for ep in region.endpoints)]
-            for obs in fresh:
-                seen = obs.regions.get(region.name)
-                if seen is not None and seen.endpoints:
-                    views.append(any(e.up for e in seen.endpoints.values()))
-            verdicts = [self.verdicts.get(ep.url) for ep in region.endpoints]
+            for ups in seen:
+                said = [ups[u] for u in urls if u in ups]
+                if said:
+                    views.append(any(said))
+            verdicts = [self.verdicts.get(u) for u in urls]
             out[region.name] = {
                 "reporters": len(views),
                 "see_up": sum(views),

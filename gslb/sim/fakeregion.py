@@ -173,6 +173,10 @@ class FakeRegion:
         self._inflight: set[asyncio.Task[Any]] = set()
         # Fire-and-forget tasks (the simulated crash); referenced so they are not collected.
         self._background: set[asyncio.Task[None]] = set()
+        # Remote IPs whose path here drops packets: their requests (probes too) hang until
+        # cancelled, and count nowhere but ``blackholed_requests``. Settable at run time.
+        self.blackholed: set[str] = set()
+        self.blackholed_requests = 0
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -341,6 +345,8 @@ class FakeRegion:
     def _middleware(self) -> Any:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.remote in self.blackholed:
+                return await self._black_hole()
             self.stats.requests_total += 1
             self.stats.by_path[request.path] = self.stats.by_path.get(request.path, 0) + 1
             data_plane = request.path not in _CONTROL_PATHS
@@ -364,6 +370,20 @@ class FakeRegion:
                     self._inflight.discard(task)
 
         return middleware
+
+    async def _black_hole(self) -> web.StreamResponse:
+        """A request on a path that drops packets: never answered; registered in flight so
+        stop() and kill() end the wait."""
+        self.blackholed_requests += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await hang()
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+        raise AssertionError("unreachable: hang() never returns")
 
     async def _tag_response(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers["X-Fake-Region"] = self.options.name

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gslb.core.config import FleetConfig, parse_toml
-from gslb.core.peers import MAX_OBS_BYTES, EndpointVerdict, encode
+from gslb.core.peers import (
+    MAX_OBS_BYTES,
+    EndpointObs,
+    EndpointVerdict,
+    Observation,
+    RegionObs,
+    encode,
+)
 from gslb.edge.runtime import Runtime, build_runtime
 from gslb.ops.fleetpeers import FleetPeers, own_observation
 from gslb.ops.fleetstore import FleetStore
@@ -231,3 +238,29 @@ async def test_bad_oversized_and_stale_messages_are_dropped_and_counted(tmp_path
             "expired": 0,
         }
         assert [e["edge"] for e in status["edges"]] == ["a", "b"]
+
+
+async def test_a_peers_region_names_decide_nothing_only_urls_do(tmp_path: Path) -> None:
+    async with fleet(tmp_path, ["b"]) as (_, (b,)):
+        # Peer x files us-east's endpoint under ca-central, down, and invents a region.
+        x = Observation(
+            edge="x",
+            site="x",
+            revision=7,
+            seq=1,
+            sent_at=time.time(),
+            regions={
+                "ca-central": RegionObs(None, None, {US: EndpointObs(False, 3, 0)}),
+                "mars": RegionObs(None, None, {"http://10.9.9.9:1": EndpointObs(True, 0, 0)}),
+            },
+        )
+        await b.peers.on_message("gslb.obs.x", encode(x))
+        b.peers.tick()
+        regions = b.peers.status()["regions"]
+        assert set(regions) == {"us-east", "ca-central"}
+        # x spoke of us-east's endpoint (down): a reporter there, and a disagreement.
+        assert (regions["us-east"]["reporters"], regions["us-east"]["see_up"]) == (2, 1)
+        assert regions["us-east"]["agree"] is False
+        # Of ca-central's endpoint x said nothing: b's view stands alone.
+        assert (regions["ca-central"]["reporters"], regions["ca-central"]["agree"]) == (1, True)
+        assert b.peers.verdicts[US].down_votes == 1 and not b.peers.verdicts[CA].down_votes
