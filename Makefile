@@ -7,13 +7,20 @@ STAMP := $(VENV)/.installed
 DEMO_ARGS ?=
 LOADTEST_ARGS ?=
 
-.PHONY: test test-twin install build lint typecheck pytest clean bench demo loadtest
+.PHONY: test test-twin install build lint typecheck pytest clean bench demo loadtest simulate
 
 # `make demo` and `make test` are the whole set-up on a fresh machine.
 demo: build
 	$(VENV)/bin/gslb demo $(DEMO_ARGS)
 
 test: lint typecheck pytest
+
+# A simulated ordinary day of world traffic through gslb and five baselines (a few minutes on
+# one core); prints where the report is and opens nothing. SIM_ARGS="--hours 6" for less.
+SIM_ARGS ?=
+simulate: build
+	$(VENV)/bin/gslb simulate --config config/example.toml \
+		--scenario config/scenarios/ordinary-day.toml --out build/simulate $(SIM_ARGS)
 
 # The whole suite once more on the pure-Python twin, the proxy end to end included (the core
 # tests run on both backends in `make test` already). CI runs it after `make test`.
@@ -26,7 +33,7 @@ $(PY):
 
 # Cython in the venv too: `make build` recompiles with it (pip's isolated build env is gone).
 $(STAMP): $(PY) pyproject.toml setup.py
-	$(PY) -m pip install -q -e '.[test,bench]' 'Cython>=3.0'
+	$(PY) -m pip install -q -e '.[test,bench,sim]' 'Cython>=3.0'
 	touch $(STAMP)
 
 install: $(STAMP)

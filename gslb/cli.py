@@ -404,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gslb.ops import fleetcli  # its commands import nats-py only when they run
 
     fleetcli.add_parser(sub)
+
+    from gslb.ops import simulate  # numpy and matplotlib only when it runs
+
+    simulate.add_parser(sub)
     return p
 
 

@@ -258,3 +258,13 @@ def test_the_scaling_part_skips_below_its_cpu_count(tmp_path: Path) -> None:
     assert bench_proxy.proxy_kind("gslb-8w") == ("gslb", 8)
     assert bench_proxy.proxy_kind("nginx") == ("nginx", 1)
     assert bench_proxy.proxy_kind("gslb") is None and bench_proxy.proxy_kind("direct") is None
+
+
+def test_the_simulate_benchmark_runs() -> None:
+    argv = ["benchmarks/bench_simulate.py", "--hours", "0.05", "--profile-hours", "0.02", "--json"]
+    out = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    got = json.loads(out.stdout)
+    assert got["requests"] > 0 and set(got["requests_per_s_by_policy"]) >= {"gslb", "envoy"}
+    assert any("run_policy" in line for line in got["profile_gslb"])

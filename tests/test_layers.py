@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "gslb" / "core"
+MODEL = ROOT / "gslb" / "model"  # pure too: the simulator's and the planner's models
 FORBIDDEN_MODULES = frozenset(
     {"asyncio", "aiohttp", "socket", "ssl", "selectors", "uvloop", "subprocess", "threading"}
 )
@@ -63,6 +64,13 @@ def core_modules() -> list[Path]:
     return sorted(CORE.glob("*.py"))
 
 
+def test_model_modules_do_no_io_and_read_no_clock() -> None:
+    modules = sorted(MODEL.glob("*.py"))
+    assert modules  # the package is really there
+    breaches = [v for path in modules for v in violations(path.read_text(), path.name)]
+    assert breaches == []
+
+
 def test_core_modules_do_no_io_and_read_no_clock() -> None:
     modules = core_modules()
     assert len(modules) > 15  # the core is really there
@@ -100,7 +108,7 @@ def test_every_module_lives_in_a_layer() -> None:
     # Only the entry points stay at the top; the rest says by its path which side it is on.
     top = {p.name for p in (ROOT / "gslb").glob("*.py")}
     assert top == {"__init__.py", "__main__.py", "cli.py"}
-    for layer in ("core", "edge", "ops", "sim"):
+    for layer in ("core", "edge", "model", "ops", "sim"):
         init = ROOT / "gslb" / layer / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "May import" in doc, f"gslb/{layer} needs a docstring of what it may import"

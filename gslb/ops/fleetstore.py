@@ -681,6 +681,41 @@ class FleetStore:
         self._watches.discard(watch)
         await watch.stop()
 
+    async def _current(self, prefix: str) -> list[KeyValue.Entry]:
+        """Every live entry whose key starts with ``prefix.``, read key by key.
+
+        A watch's "caught up" marker can come before a key that is rewritten while it is read
+        (edges report every beat), so a listing by watch may miss one. The stream's own list
+        of subjects names every key, and the last message of each is its value now.
+        """
+        self._ready()
+        stream = f"KV_{self.bucket}"
+        subject_prefix = f"$KV.{self.bucket}."
+        entries: list[KeyValue.Entry] = []
+        with _translated():
+            js = self._nc.jetstream(timeout=self.timeout)
+            info = await js.stream_info(stream, subjects_filter=f"{subject_prefix}{prefix}.>")
+            for subject in sorted((info.state.subjects or {}).keys()):
+                try:
+                    msg = await js.get_last_msg(stream, subject)
+                except nats.js.errors.NotFoundError:
+                    continue  # purged meanwhile
+                if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                    continue  # lifted
+                entries.append(
+                    KeyValue.Entry(
+                        bucket=self.bucket,
+                        key=subject[len(subject_prefix) :],
+                        value=msg.data,
+                        revision=msg.seq,
+                        delta=None,
+                        # A datetime, as in the watch's entries (nats-py's hint says int).
+                        created=msg.time,  # type: ignore[arg-type]
+                        operation=None,
+                    )
+                )
+        return entries
+
     async def _snapshot(self, key: str, *, include_history: bool = False) -> list[KeyValue.Entry]:
         """Every live entry under ``key`` (a pattern) now: one short watch, read to its end."""
         kv = self._ready()
@@ -728,7 +763,7 @@ class FleetStore:
     async def drains(self) -> frozenset[Drain]:
         """Every drain now in force (malformed keys or values dropped and counted)."""
         found = set()
-        for entry in await self._snapshot(f"{DRAIN_PREFIX}.>"):
+        for entry in await self._current(DRAIN_PREFIX):
             drain = self._drain_of(entry)
             if drain is not None:
                 found.add(drain)
@@ -806,7 +841,7 @@ class FleetStore:
     async def edges(self) -> dict[str, EdgeRecord]:
         """Every edge's last report, by edge name (malformed ones dropped and counted)."""
         found: dict[str, EdgeRecord] = {}
-        for entry in await self._snapshot(f"{EDGE_PREFIX}.>"):
+        for entry in await self._current(EDGE_PREFIX):
             record = self._edge_of(entry)
             if record is not None:
                 found[record.name] = record

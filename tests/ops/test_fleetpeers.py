@@ -110,7 +110,7 @@ async def fleet(tmp: Path, names: list[str]) -> AsyncIterator[tuple[NatsServer, 
         yield nats, edges
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
     t0 = time.monotonic()
     while not cond():
         assert time.monotonic() - t0 < timeout, "condition not reached in time"

@@ -60,7 +60,7 @@ def config(tmp: Path, urls: dict[str, list[str]]) -> Config:
     return parse_toml(text, str(tmp / "gslb.toml"))
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
     t0 = time.monotonic()
     while not cond():
         assert time.monotonic() - t0 < timeout, "condition not reached in time"
