@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gslb.ops import simulate  # numpy and matplotlib only when it runs
 
     simulate.add_parser(sub)
+
+    from gslb.ops import plancli  # numpy and scipy only when it runs
+
+    plancli.add_parser(sub)
     return p
 
 

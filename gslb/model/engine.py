@@ -166,7 +166,10 @@ class Day:
     events: tuple[CapacityEvent, ...]
 
 
-def draw_day(world: World, rng: np.random.Generator) -> Day:
+def draw_day(world: World, rng: np.random.Generator, scaling: Sequence[CapacityEvent] = ()) -> Day:
+    """The day's arrivals, sizes, jitter, draws and capacity events. ``scaling``: capacity
+    the operator adds or removes on a schedule (a plan's hourly on-demand and spot), merged
+    with the failures in time order."""
     sc = world.scenario
     arr = arrivals(
         world.cells,
@@ -198,6 +201,7 @@ def draw_day(world: World, rng: np.random.Generator) -> Day:
         rate_per_gpu_hour=sc.gpu_failures_per_hour,
         repair_h=sc.repair_h,
     )
+    events = sorted([*events, *scaling], key=lambda ev: ev.t_s)
     return Day(arr, service, prefill, jitter, u, tuple(events))
 
 

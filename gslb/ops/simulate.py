@@ -80,7 +80,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     try:
         scenario = parse_scenario(text, args.scenario)
     except ConfigError as exc:
-        raise SimulateError(f"invalid scenario: {exc}") from None
+        raise SimulateError(f"invalid scenario: {args.scenario}: {exc}") from None
     changes: dict[str, Any] = {}
     if args.seed is not None:
         if args.seed < 0:

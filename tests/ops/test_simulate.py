@@ -67,7 +67,7 @@ def test_the_same_seed_gives_the_same_summary_byte_for_byte(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("extra", "args", "message"),
     [
-        ("\n[oops]\nx = 1\n", (), "invalid scenario: oops: unknown key"),
+        ("\n[oops]\nx = 1\n", (), "small.toml: oops: unknown key"),
         ("", ("--hours", "99"), "--hours: expected a number > 0 and <= 24"),
         ("", ("--seed", "-1"), "--seed: expected a whole number >= 0"),
         (
@@ -78,7 +78,7 @@ def test_the_same_seed_gives_the_same_summary_byte_for_byte(tmp_path: Path) -> N
         (
             '\n[[failures.outages]]\nregion = "us-east"\nprovider = "aws"\n',
             (),
-            "failures.outages[0]: name exactly one of region or provider",
+            "small.toml: failures.outages[0]: name exactly one of region or provider",
         ),
     ],
 )
