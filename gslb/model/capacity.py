@@ -185,7 +185,8 @@ def plan_table(doc: Mapping[str, Any]) -> list[str]:
     inputs = doc["inputs"]
     head = (
         f"plan over {inputs['hours']} h from {inputs['start']}: survive {inputs['survive']}, "
-        f"demand at p{round(100 * inputs['quantile'])}, spot floor {inputs['spot_floor']}, "
+        f"demand at p{round(100 * inputs['quantile'])} over {inputs['utilization']:.0%} busy, "
+        f"spot floor {inputs['spot_floor']}, "
         f"budget {inputs['budget_ms']:g} ms"
     )
     rows = [("REGION", "PROVIDER", "GPU", "RESERVED", "ON-DEMAND GPU-H", "PEAK",

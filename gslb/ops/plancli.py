@@ -67,6 +67,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for the results (created)")
     p.add_argument("--survive", choices=("region", "provider", "none"), default="region")
     p.add_argument("--quantile", type=float, default=0.95, help="demand quantile (0.95)")
+    p.add_argument(
+        "--utilization",
+        type=float,
+        default=0.8,
+        help="plan the demand at this share of capacity: headroom for queueing (0.8)",
+    )
     p.add_argument("--spot-floor", type=float, default=0.2, help="on-demand share of flexible")
     p.add_argument("--budget-ms", type=float, default=None, help="spill budget (config's)")
 
@@ -92,6 +98,8 @@ def main_from_args(args: argparse.Namespace) -> int:
 def check_numbers(args: argparse.Namespace) -> None:
     if not 0.0 < args.quantile <= 1.0:
         raise PlanUsageError("--quantile: expected a number in (0, 1]")
+    if not 0.0 < args.utilization <= 1.0:
+        raise PlanUsageError("--utilization: expected a number in (0, 1]")
     if not 0.0 <= args.spot_floor <= 1.0:
         raise PlanUsageError("--spot-floor: expected a number in [0, 1]")
     if args.budget_ms is not None and not 0.0 < args.budget_ms <= 1e6:
@@ -163,6 +171,8 @@ def make_plan(
 
     budget = cfg.routing.latency_budget_ms if args.budget_ms is None else args.budget_ms
     gpus, start = capacity.fold_quantile(series.gpus, series.start, args.quantile)
+    # Demand is busy GPUs; a queue at 100% busy waits without bound: plan the headroom.
+    gpus = gpus / args.utilization
     cells = demand.cluster(demand.load_cities(min_city_population), 300, series.start.date())
     zones = capacity.build_zones(series.zones, gpus, cfg, cells, budget)
     pools = capacity.build_pools(cfg, offers)
@@ -178,6 +188,7 @@ def make_plan(
         "start": start.isoformat(),
         "series_hours": series.hours,
         "quantile": args.quantile,
+        "utilization": args.utilization,
         "survive": args.survive,
         "spot_floor": args.spot_floor,
         "budget_ms": budget,

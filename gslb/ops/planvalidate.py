@@ -73,6 +73,7 @@ def validate(args: argparse.Namespace, err: IO[str]) -> int:
         "train_weeks": args.train_weeks,
         "test_weeks": args.test_weeks,
         "quantile": args.quantile,
+        "utilization": args.utilization,
         "survive": args.survive,
         "replay_rps_scale": scale,
     }
@@ -173,7 +174,8 @@ def replay(
 def table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"plan on {result['train_weeks']} weeks, replay {result['test_weeks']}: survive "
-        f"{result['survive']}, demand at p{round(100 * result['quantile'])}",
+        f"{result['survive']}, demand at p{round(100 * result['quantile'])} "
+        f"over {result['utilization']:.0%} busy",
         "",
         f"{'PLAN':<10} {'COST $ (TEST)':>14} {'RESERVED GPUS':>14} {'SLO':>8}  REPLAYED DAYS",
     ]

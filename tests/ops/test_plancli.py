@@ -153,3 +153,21 @@ def test_plan_on_the_first_weeks_replay_the_next_in_simulate(tmp_path: Path) -> 
     assert abs(result["slo_gap"]) < 0.05
     assert forecast["replay"][0]["residency_violations"] == 0
     assert "forecast / hindsight" in done.stderr
+
+
+def test_headroom_scales_the_plan_linearly(tmp_path: Path) -> None:
+    costs = {}
+    for utilization in ("1.0", "0.5"):
+        out = tmp_path / utilization
+        done = gslb(
+            "plan", "capacity", "--config", str(EXAMPLE), "--demand",
+            str(PLAN / "prometheus.json"), "--prices", str(PLAN / "prices.csv"), "--out",
+            str(out), "--survive", "none", "--utilization", utilization, "--no-plot",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        doc = json.loads((out / "plan.json").read_text())
+        assert doc["inputs"]["utilization"] == float(utilization)
+        costs[utilization] = doc["cost_usd_lp"]
+    # Planning the demand at half the capacity is the same linear program with twice the
+    # demand: twice the cost before instances are rounded.
+    assert costs["0.5"] == pytest.approx(2 * costs["1.0"], rel=1e-3)

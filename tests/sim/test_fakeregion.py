@@ -257,10 +257,12 @@ async def test_waiting_gauge_seen_by_concurrent_poller(
 
 
 async def test_queue_full_gets_429(make_region: Factory, session: aiohttp.ClientSession) -> None:
+    # A second of decoding each: the queue holds the second request long enough to be seen
+    # even on a loaded machine (at 0.1 s it could be done before the check looked).
     region = await make_region(slots=1, max_queue=1, tokens_per_s=100)
-    running = asyncio.create_task(post_chat(session, region, max_tokens=10))
+    running = asyncio.create_task(post_chat(session, region, max_tokens=100))
     await wait_until(lambda: region.stats.active == 1)
-    waiting = asyncio.create_task(post_chat(session, region, max_tokens=10))
+    waiting = asyncio.create_task(post_chat(session, region, max_tokens=100))
     await wait_until(lambda: region.stats.queued == 1)
     status, body = await post_chat(session, region, max_tokens=1)
     assert status == 429
