@@ -106,8 +106,11 @@ def build_zones(
     centres = country_centres(cells)
     zones = []
     for i, name in enumerate(names):
-        allowed = allowed_regions(router, zone_location(name, cfg, centres), budget_ms)
-        zones.append(Zone(name, allowed, np.asarray(demand[i], dtype=np.float64)))
+        location = zone_location(name, cfg, centres)
+        allowed = allowed_regions(router, location, budget_ms)
+        net = router.net_ms(location)
+        rtt = {r: float(net[k]) for k, r in enumerate(router.names)}
+        zones.append(Zone(name, allowed, np.asarray(demand[i], dtype=np.float64), rtt))
     return zones
 
 

@@ -3,8 +3,8 @@
 ``World`` is what does not change during a run: the fleet from gslb's config (its regions,
 jurisdictions and residency rules, with the scenario's servers), the demand cells, the round
 trip from each cell to each region (gslb's own latency model), and what each cell may use.
-``simulate`` draws the day once (arrivals, sizes, network jitter, failures) and runs every
-policy on the same draws, one after the other:
+``draw_day`` draws the day once (arrivals, sizes, network jitter, failures) and
+``run_policy`` runs one policy on those draws; every policy runs on the same ones:
 
 * arrivals are taken in time order; capacity changes and the router's snapshots are applied
   between them as their time comes;
@@ -433,15 +433,3 @@ def budget_ms(world: World) -> float:
     """The latency budget every simulated request carries."""
     b = world.scenario.budget_ms
     return world.cfg.routing.latency_budget_ms if b is None else b
-
-
-def simulate(
-    world: World, rng: np.random.Generator, progress: Callable[[str, int], None] | None = None
-) -> tuple[Day, list[Run]]:
-    """Draw the day, then run every policy of the scenario on it."""
-    day = draw_day(world, rng)
-    runs = []
-    for policy in world.scenario.policies:
-        tell = None if progress is None else (lambda done, p=policy: progress(p, done))
-        runs.append(run_policy(world, day, policy, tell))
-    return day, runs

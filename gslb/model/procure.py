@@ -33,8 +33,8 @@ every hour of the period, whatever ``reserved_term_months`` is.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -43,6 +43,9 @@ from scipy import sparse  # type: ignore[import-untyped]
 from scipy.optimize import linprog  # type: ignore[import-untyped]
 
 SURVIVE: Final = ("region", "provider", "none")
+# USD per GPU-hour per ms of round trip on the no-loss flows: orders equal-cost routings by
+# distance, far below any price (100 ms costs 1e-5 USD per GPU-hour).
+LATENCY_TIE_BREAK: Final = 1e-7
 # Below this a flow or a capacity is solver noise (HiGHS' feasibility tolerance is 1e-7).
 _EPS: Final = 1e-6
 
@@ -130,6 +133,9 @@ class Zone:
     name: str
     allowed: frozenset[str]  # regions that may serve it: residency AND latency budget
     demand: _Floats  # GPUs needed per hour of the period (already at the demand quantile)
+    # Round trip to each region (ms). Among routings that cost the same, the plan serves the
+    # zone from its nearer regions (a tie-break far below any price, not a cost).
+    rtt_ms: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +285,8 @@ def plan(
     shares = np.array([spot_share(p.offer, spot_floor) for p in pools])
     flex = np.array([c_flex(p.offer, spot_floor) for p in pools])
     demand = np.stack([np.asarray(z.demand, dtype=np.float64) for z in zones])
-    x, status, cost_lp = _solve(cases, pools, flex, demand, n_hours)
+    rtt = np.array([[z.rtt_ms.get(p.region, 0.0) for p in pools] for z in zones])
+    x, status, cost_lp = _solve(cases, pools, flex, demand, n_hours, rtt)
 
     reserved_lp = np.maximum(x[:n_pools], 0.0)
     flexible = np.maximum(x[n_pools : n_pools * (1 + n_hours)].reshape(n_pools, n_hours), 0.0)
@@ -307,7 +314,12 @@ def plan(
 
 
 def _solve(
-    cases: list[_Scenario], pools: Sequence[Pool], flex: _Floats, demand: _Floats, n_hours: int
+    cases: list[_Scenario],
+    pools: Sequence[Pool],
+    flex: _Floats,
+    demand: _Floats,
+    n_hours: int,
+    rtt: _Floats,
 ) -> tuple[_Floats, str, float]:
     """Build the LP in sparse form, solve it with HiGHS: the variables, status and optimum.
 
@@ -331,7 +343,11 @@ def _solve(
     for case in cases:
         n_pairs = case.pair_zone.size
         flow_cols = col + np.arange(n_pairs * n_hours, dtype=np.int64).reshape(n_pairs, n_hours)
-        cost.append(np.zeros(n_pairs * n_hours))
+        if case is cases[0]:  # the tie-break by distance, on the no-loss routing only
+            pair_rtt = rtt[case.pair_zone, case.pair_pool] * LATENCY_TIE_BREAK
+            cost.append(np.repeat(pair_rtt, n_hours))
+        else:
+            cost.append(np.zeros(n_pairs * n_hours))
         # Demand rows: one per (held zone, hour), summing the zone's pairs.
         zone_row = np.full(len(demand), -1, dtype=np.int64)
         zone_row[case.zones] = np.arange(case.zones.size)
@@ -372,7 +388,10 @@ def _solve(
     if res.x is None:
         raise PlanError(f"the capacity plan has no solution: {res.message}")
     status = "optimal" if res.status == 0 else str(res.message)
-    return np.asarray(res.x, dtype=np.float64), status, float(res.fun)
+    x = np.asarray(res.x, dtype=np.float64)
+    capacity_cols = n_pools * (1 + n_hours)
+    cost_lp = float(c[:capacity_cols] @ x[:capacity_cols])  # the tie-break is no cost
+    return x, status, cost_lp
 
 
 def _matrix(

@@ -496,8 +496,11 @@ class FleetStore:
                 pending_msgs_limit=SUB_PENDING_MSGS,
                 pending_bytes_limit=SUB_PENDING_BYTES,
             )
-            # The server has it: hearing starts now. (A float, whatever nats-py's hint says.)
-            await self._nc.flush(timeout=self.timeout)  # type: ignore[arg-type]
+            # The server has it before we go on. nats-py's flush() writes its PING straight to
+            # the socket, ahead of a SUB still in its pending buffer; waiting for the flusher
+            # first puts the SUB on the wire, then the PING's answer proves it arrived.
+            await self._nc._flush_pending(force_flush=True)
+            await self._nc.flush(timeout=self.timeout)  # type: ignore[arg-type]  # a float
 
     async def publish(self, subject: str, data: bytes) -> bool:
         """Send ``data`` on ``subject`` now; False, and nothing queued, while NATS is away

@@ -371,3 +371,24 @@ def test_bad_inputs_are_refused() -> None:
         plan(uneven, [pool("fra")])
     with pytest.raises(ValueError, match="zone de"):
         plan([Zone("de", frozenset({"fra"}), -np.ones(4))], [pool("fra")])
+
+
+def test_among_equal_costs_a_zone_is_served_from_its_nearer_regions() -> None:
+    # Reserved capacity in both regions, paid for by a second zone that needs them both at
+    # hour 0; at hour 1 the first zone could use either: it takes the near one.
+    hours = 2
+    near_far = Zone(
+        "z", frozenset({"near", "far"}), np.array([0.0, 8.0]), {"near": 10.0, "far": 150.0}
+    )
+    both = Zone("w", frozenset({"near", "far"}), np.array([16.0, 0.0]))
+    for far_first in (True, False):
+        pools = [pool("far", reserved=1.0), pool("near", reserved=1.0)]
+        if not far_first:
+            pools.reverse()
+        got = plan([near_far, both], pools, survive="none")
+        near = [p.region for p in got.pools].index("near")
+        served = got.served  # (zone, pool, hour)
+        assert served[0, near, 1] == pytest.approx(8.0)
+        assert served[0, 1 - near, 1] == pytest.approx(0.0)
+    # The tie-break is no cost: the optimum is the capacity's price alone.
+    assert got.cost_lp == pytest.approx(sum(p.reserved_lp for p in got.pools) * 1.0 * hours)
