@@ -133,9 +133,11 @@ def plan_document(
     zones: Sequence[Zone],
     pools: Sequence[Pool],
     inputs: Mapping[str, Any],
+    utilization: float = 1.0,
 ) -> dict[str, Any]:
-    """The ``plan.json`` document (see the module docstring)."""
-    served_by_pool = plan.served.sum(axis=0)  # (pools, hours)
+    """The ``plan.json`` document (see the module docstring). The zones' demand was planned
+    at ``utilization`` of the capacity: the demand shown is the real one, below it."""
+    served_by_pool = plan.served.sum(axis=0) * utilization  # (pools, hours)
     regions: dict[str, Any] = {}
     hourly: dict[str, Any] = {}
     for k, (pool, pp) in enumerate(zip(pools, plan.pools, strict=True)):
@@ -173,8 +175,8 @@ def plan_document(
         "zones": {
             z.name: {
                 "allowed": sorted(z.allowed),
-                "peak_gpus": _r(z.demand.max() if z.demand.size else 0.0),
-                "mean_gpus": _r(z.demand.mean() if z.demand.size else 0.0),
+                "peak_gpus": _r(z.demand.max() * utilization if z.demand.size else 0.0),
+                "mean_gpus": _r(z.demand.mean() * utilization if z.demand.size else 0.0),
             }
             for z in zones
         },

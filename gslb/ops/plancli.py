@@ -194,7 +194,7 @@ def make_plan(
         "budget_ms": budget,
         "zones": len(zones),
     }
-    return capacity.plan_document(plan, zones, pools, inputs)
+    return capacity.plan_document(plan, zones, pools, inputs, args.utilization)
 
 
 def capacity(args: argparse.Namespace, err: Any) -> int:
