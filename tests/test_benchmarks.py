@@ -267,4 +267,6 @@ def test_the_simulate_benchmark_runs() -> None:
     )
     got = json.loads(out.stdout)
     assert got["requests"] > 0 and set(got["requests_per_s_by_policy"]) >= {"gslb", "envoy"}
-    assert any("run_policy" in line for line in got["profile_gslb"])
+    # The profile names gslb's own functions (which ones lead depends on the kernel's backend).
+    profile = got["profile_gslb"]
+    assert len(profile) >= 4 and sum("gslb/" in line for line in profile) >= 3
